@@ -36,7 +36,10 @@ OWNER_KEYS = ("rollout", "workflow", "incident_response")
 
 
 def _check_duration(v: str) -> str:
-    parse_duration(v)
+    try:
+        parse_duration(v)
+    except OverflowError:  # e.g. '99999999999999d': beyond what a timedelta can hold
+        raise ValueError(f"duration {v!r} is too long") from None
     return v
 
 
@@ -115,7 +118,7 @@ class Notifier(_Model):
 
 
 class Scope(_Model):
-    percent: Annotated[float, Field(ge=0, le=100)]
+    percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
     segments: list[str] | None = None
 
 
@@ -127,8 +130,8 @@ class Approvals(_Model):
 class Threshold(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
     query: Annotated[str, Field(min_length=1)]
-    max: float | None = None
-    min: float | None = None
+    max: Annotated[float, Field(allow_inf_nan=False)] | None = None  # NaN would never breach
+    min: Annotated[float, Field(allow_inf_nan=False)] | None = None
     for_: Annotated[int, Field(alias="for", ge=1)] = 1
     on_no_data: Literal["hold", "breach", "ignore"] = "hold"
     action: Action = "hold"
@@ -242,14 +245,14 @@ def semantic_problems(plan: Plan) -> list[Problem]:
                 f"the last stage must be tier 'system_of_record', got '{tiers[-1]}'",
             )
         )
-    for i, t in enumerate(tiers):
-        if t == "pilot" and i != 0:
+    for i, tier in enumerate(tiers):
+        if tier == "pilot" and i != 0:
             problems.append((("stages", i, "tier"), "tier 'pilot' may only be the first stage"))
-        if t == "system_of_record" and i != len(tiers) - 1:
+        if tier == "system_of_record" and i != len(tiers) - 1:
             problems.append(
                 (("stages", i, "tier"), "tier 'system_of_record' may only be the last stage")
             )
-        if t == "limited" and (i == 0 or i == len(tiers) - 1):
+        if tier == "limited" and (i == 0 or i == len(tiers) - 1):
             problems.append(
                 (("stages", i, "tier"), "tier 'limited' must come after the pilot and before system_of_record")
             )
@@ -394,16 +397,22 @@ def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
     except yaml.YAMLError:
         return lines
 
+    seen: set[int] = set()
+
     def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
+        # an alias shares its anchor's node (possibly cyclic, `&a [*a]`): walk each node once
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
-                lines[path + (key,)] = k.start_mark.line + 1
-                walk(v, path + (key,))
+                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
-                walk(v, path + (i,))
+                walk(v, (*path, i))
 
     if root is not None:
         walk(root, ())
@@ -464,7 +473,8 @@ def validate_plan_data(data: Any, lines: dict[tuple[str | int, ...], int] | None
     if not isinstance(data, dict):
         raise PlanError(["(plan): the plan must be a YAML mapping of keys to values"], source)
     try:
-        plan = Plan.model_validate(data)
+        # plan files use the documented keys only (`for`, never the Python name `for_`)
+        plan = Plan.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -500,7 +510,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     keys: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         try:
             hash(key)
         except TypeError:
@@ -517,7 +527,7 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
