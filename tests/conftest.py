@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -48,10 +51,20 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         test_server_existing_path=tool_path("temporal-test-server"),
     )
+    await register_search_attributes(env.client)
     try:
         yield env
     finally:
         await env.shutdown()
+
+
+async def register_search_attributes(client: Client) -> None:
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in search_attrs.ALL},
+        )
+    )
 
 
 PG_URL = os.environ.get("ROLLOUT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")

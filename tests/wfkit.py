@@ -1,0 +1,65 @@
+"""Helpers for driving StagedRollout in tests: start, act by signal or update, wait for a state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowHandle
+
+from rollout.models import MonitorRequest, MonitorResult
+from rollout.plan import validate_plan_data
+from workflows.messages import RolloutInput
+from workflows.staged_rollout import StagedRollout
+
+
+@activity.defn(name="monitor_thresholds")
+async def clean_monitor(req: MonitorRequest) -> MonitorResult:
+    """Stand-in for Prometheus in time-skipping tests: every window is fully covered and clean.
+
+    Real Prometheus is used by the monitor tests; here time is skipped, and only
+    `report_breach` signals breach."""
+    names = [t.name for t in req.thresholds]
+    return MonitorResult(kind="window_end", coverage=dict.fromkeys(names, 1.0), expected_evaluations=1)
+
+
+async def start(client: Client, plan: dict[str, Any], queue: str, **kw: Any) -> WorkflowHandle[Any, Any]:
+    p = validate_plan_data(plan)
+    wid = f"rollout-{p.name}-{uuid.uuid4().hex[:6]}"
+    return await client.start_workflow(
+        StagedRollout.run,
+        RolloutInput(plan=p, **kw),
+        id=wid,
+        task_queue=queue,
+    )
+
+
+async def status(h: WorkflowHandle[Any, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await h.query("status")
+    return result
+
+
+async def wait_for(
+    h: WorkflowHandle[Any, Any], pred: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = await status(h)
+        if pred(last):
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not reached; last status={last.get('status')} stage={last.get('stage')}: {last}")
+
+
+async def signal(h: WorkflowHandle[Any, Any], name: str, **payload: Any) -> None:
+    await h.signal(name, payload)
+
+
+def hours(n: float) -> timedelta:
+    return timedelta(hours=n)

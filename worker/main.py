@@ -1,0 +1,71 @@
+"""The worker process: the StagedRollout workflow and every activity, on task queue `rollouts`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.audit import AuditActivities
+from activities.audit_store import AuditStore
+from activities.monitor import monitor_thresholds
+from activities.notify import send_notifications
+from activities.targets import apply_exposure
+from rollout.connect import connect, task_queue
+from workflows.staged_rollout import StagedRollout
+
+log = logging.getLogger("rollout.worker")
+
+
+def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
+    return [apply_exposure, send_notifications, monitor_thresholds, AuditActivities(store).record_audit]
+
+
+def build_worker(
+    client: Client,
+    store: AuditStore,
+    *,
+    queue: str | None = None,
+    extra_activities: Sequence[Callable[..., Any]] = (),
+    replace_activities: dict[str, Callable[..., Any]] | None = None,
+) -> Worker:
+    """A worker for the rollout workflow and its activities (all async)."""
+    acts = list(activities_for(store)) + list(extra_activities)
+    if replace_activities:
+        from temporalio import activity as _activity
+
+        def name_of(fn: Callable[..., Any]) -> str | None:
+            defn = _activity._Definition.from_callable(fn)
+            return defn.name if defn else None
+
+        acts = [a for a in acts if name_of(a) not in replace_activities] + list(replace_activities.values())
+    return Worker(
+        client,
+        task_queue=queue or task_queue(),
+        workflows=[StagedRollout],
+        activities=acts,
+        max_concurrent_activities=200,
+    )
+
+
+async def run_worker(stop: asyncio.Event | None = None) -> None:
+    """`rollout worker`: connect, migrate the audit store, run until SIGINT/SIGTERM."""
+    client = await connect(identity="rollout-worker")
+    store = AuditStore.from_env()
+    await store.migrate()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = build_worker(client, store)
+    log.info("worker polling task queue %s", task_queue())
+    try:
+        async with worker:
+            await stop.wait()
+    finally:
+        await store.close()

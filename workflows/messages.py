@@ -1,0 +1,48 @@
+"""Payloads of the workflow's updates, signals and input (a contract with CLI and tools)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from rollout.plan import Plan
+from workflows.state import RolloutState
+
+
+class ActionInput(BaseModel):
+    """Payload of every human action: `actor` plus the fields the action needs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    actor: str = ""
+    stage: str | None = None
+    role: str | None = None
+    comment: str | None = None
+    reason: str | None = None
+    item: str | None = None
+    escalation: bool = False
+    plan: dict[str, Any] | None = None
+    amendment: str | None = None
+    signature: str | None = None
+
+
+class BreachReport(BaseModel):
+    """Payload of `report_breach`; fields beyond these are kept as evidence."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str = "unknown"
+    threshold: str | None = None
+    value: float | str | None = None
+    observed_at: datetime | None = None
+    action: str | None = None
+    detail: Any = None
+
+
+class RolloutInput(BaseModel):
+    plan: Plan
+    state: RolloutState | None = None
+    # test hook: continue-as-new once history passes this many events
+    continue_as_new_after: int = 4000
