@@ -161,8 +161,6 @@ def _labels(notifiers: list[Notifier]) -> list[str]:
     labels: list[str] = []
     for notifier in notifiers:
         label = redact_url(notifier.url)
-        if notifier.kind == "slack" and not label.startswith("slack"):
-            label = f"slack:{label}"
         base, i = label, 2
         while label in labels:
             label, i = f"{base}#{i}", i + 1
@@ -170,18 +168,27 @@ def _labels(notifiers: list[Notifier]) -> list[str]:
     return labels
 
 
-@activity.defn(name="send_notifications")
-async def send_notifications(n: Notification) -> NotifyResult:
-    """Send `n` to every notifier; report deliveries and failures, never raise for them."""
+async def notify_all(
+    n: Notification, mounts: dict[str, httpx.AsyncBaseTransport] | None = None
+) -> NotifyResult:
+    """Send `n` to every notifier concurrently; `mounts` routes URL prefixes to other
+    transports (a proxy, or a stand-in for a third-party service that cannot run here)."""
     result = NotifyResult()
     if not n.notifiers:
         return result
-    async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
+    async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False, mounts=mounts) as client:
         errors = await asyncio.gather(*(deliver(client, notifier, n) for notifier in n.notifiers))
     for label, error in zip(_labels(n.notifiers), errors, strict=True):
         if error is None:
             result.delivered.append(label)
         else:
             result.failed[label] = error
-            activity.logger.warning("notification %s to %s not delivered: %s", n.event, label, error)
+            if activity.in_activity():
+                activity.logger.warning("notification %s to %s not delivered: %s", n.event, label, error)
     return result
+
+
+@activity.defn(name="send_notifications")
+async def send_notifications(n: Notification) -> NotifyResult:
+    """Send `n` to every notifier; report deliveries and failures, never raise for them."""
+    return await notify_all(n)
