@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        return 0
 
 
 async def _await(aw: Any) -> Any:
@@ -57,7 +60,12 @@ async def _await(aw: Any) -> Any:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without interpreter finalisation: the Temporal core runtime's native threads
+    # can abort a finalising interpreter (PyGILState_Release) after the work is done.
+    os._exit(code)
 
 
 if __name__ == "__main__":

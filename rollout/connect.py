@@ -43,7 +43,20 @@ async def connect(identity: str | None = None) -> Client:
         return await Client.connect(**cfg, data_converter=pydantic_data_converter)
     except Exception as exc:
         raise ConnectionFailed(
-            f"cannot reach Temporal at {cfg.get('target_host')} "
-            f"(namespace {cfg.get('namespace', 'default')}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-            "Start one with `rollout dev` or set TEMPORAL_ADDRESS."
+            f"cannot reach Temporal at {cfg.get('target_host')} (namespace {cfg.get('namespace', 'default')}): "
+            f"{_reason(exc)}. Start one with `rollout dev` or set TEMPORAL_ADDRESS."
         ) from None
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for needle, words in (
+        ("ConnectionRefused", "connection refused"),
+        ("dns error", "unknown host"),
+        ("timed out", "timed out"),
+        ("certificate", "TLS certificate problem"),
+    ):
+        if needle.lower() in text.lower():
+            return words
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:160]

@@ -32,7 +32,7 @@ def parse_duration(text: str) -> timedelta:
 
 def format_duration(td: timedelta) -> str:
     """Render a timedelta compactly: 3d, 72h -> 3d, 90s -> 1m30s."""
-    secs = int(round(td.total_seconds()))
+    secs = round(td.total_seconds())
     if secs == 0:
         return "0s"
     out = []

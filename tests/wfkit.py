@@ -45,9 +45,9 @@ async def status(h: WorkflowHandle[Any, Any]) -> dict[str, Any]:
 
 
 async def wait_for(
-    h: WorkflowHandle[Any, Any], pred: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    h: WorkflowHandle[Any, Any], pred: Callable[[dict[str, Any]], bool], within: float = 15.0
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
         last = await status(h)

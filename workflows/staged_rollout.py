@@ -355,6 +355,7 @@ class StagedRollout:
             self._refuse(action, a, reason)
             return {"refused": reason}
         getattr(self, f"_do_{action}")(a)
+        self._progress()  # decisions that follow at once (e.g. entry on the last approval)
         self._poke()
         return {"ok": True, "status": self.s.status, "stage": self.plan.stages[self.s.stage_index].name}
 

@@ -1,0 +1,35 @@
+"""`rollout dev` (the embedded stack) and `rollout worker` (the worker process)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("dev", help="run Temporal's dev server, the worker and the receiver in one process")
+    p.add_argument("--port", type=int, default=7233, help="Temporal frontend port (default 7233)")
+    p.add_argument("--ui-port", type=int, default=8233, help="Temporal UI port (default 8233)")
+    p.add_argument("--http-port", type=int, default=9095, help="Alertmanager receiver port (default 9095)")
+    p.add_argument("--db", type=Path, help="dev server database file (default $ROLLOUT_STATE_DIR/temporal.db)")
+    p.set_defaults(handler=cmd_dev)
+
+    p = sub.add_parser("worker", help="run the worker (workflow + activities) on task queue $ROLLOUT_TASK_QUEUE")
+    p.set_defaults(handler=cmd_worker)
+
+
+async def cmd_dev(args: argparse.Namespace) -> int:
+    from worker.devstack import run_dev
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return await run_dev(args.port, args.ui_port, args.http_port, args.db)
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.main import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    await run_worker()
+    return 0

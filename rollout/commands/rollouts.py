@@ -1,0 +1,265 @@
+"""Rollout commands for every role: start, status, list, watch and the human actions."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rollout import client as rc
+from rollout.commands.common import actor_of, add_actor, add_json, print_json
+from rollout.connect import connect
+from rollout.errors import RefusedError, UsageError
+from rollout.plan import load_plan
+from rollout.policy import approval_message
+from rollout.status_view import render_status, status_line
+
+TERMINAL = ("completed", "aborted")
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("start", help="start a rollout from a plan file")
+    p.add_argument("file")
+    p.add_argument("--id", help="workflow id (default rollout-<plan name>)")
+    add_actor(p)
+    add_json(p)
+    p.set_defaults(handler=cmd_start)
+
+    p = sub.add_parser("status", help="show a rollout's state")
+    p.add_argument("id")
+    add_json(p)
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("list", help="list rollouts (from search attributes)")
+    p.add_argument("--stage")
+    p.add_argument("--status")
+    add_json(p)
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("watch", help="follow a rollout live until it completes or is aborted")
+    p.add_argument("id")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    add_json(p)
+    p.set_defaults(handler=cmd_watch)
+
+    p = sub.add_parser("approve", help="approve stage entry for a role (or an amendment)")
+    p.add_argument("id")
+    p.add_argument("--stage")
+    p.add_argument("--role", required=True)
+    p.add_argument("--comment")
+    p.add_argument("--amendment", help="approve the pending amendment with this plan_hash instead of a stage")
+    p.add_argument("--key", help="Ed25519 private key file (rollout keygen) when the plan requires signed approvals")
+    add_actor(p)
+    add_json(p)
+    p.set_defaults(handler=cmd_approve)
+
+    p = sub.add_parser("reject", help="reject entry to the awaited stage (holds the rollout)")
+    p.add_argument("id")
+    p.add_argument("--stage", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--role")
+    add_actor(p)
+    add_json(p)
+    p.set_defaults(handler=cmd_simple, action="reject")
+
+    for name, verb in (("hold", "hold the rollout at its scope"), ("resume", "resume a held or rolled-back rollout"),
+                       ("rollback", "roll back to the previous stage's scope"), ("abort", "abort: scope zero, closes")):
+        p = sub.add_parser(name, help=verb)
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+        add_actor(p)
+        add_json(p)
+        p.set_defaults(handler=cmd_simple, action=name)
+
+    p = sub.add_parser("ack", help="acknowledge a handoff item or an escalation")
+    p.add_argument("id")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--item")
+    g.add_argument("--escalation", action="store_true")
+    p.add_argument("--stage", help="stage of the handoff item (default: the latest entered stage with it)")
+    add_actor(p)
+    add_json(p)
+    p.set_defaults(handler=cmd_ack)
+
+    p = sub.add_parser("amend", help="propose an amended plan (applies once approved)")
+    p.add_argument("id")
+    p.add_argument("file")
+    p.add_argument("--reason")
+    add_actor(p)
+    add_json(p)
+    p.set_defaults(handler=cmd_amend)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signed approvals")
+    p.add_argument("--out", help="write the private key here (default: print it)")
+    add_json(p)
+    p.set_defaults(handler=cmd_keygen)
+
+
+def _done(args: argparse.Namespace, action: str, ident: str, result: dict[str, Any]) -> int:
+    if getattr(args, "json", False):
+        print_json({"action": action, "rollout": ident, **result})
+    else:
+        print(f"{action}: done; {ident} is {result.get('status')} at {result.get('stage')}")
+    return 0
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    plan = load_plan(args.file)
+    actor = getattr(args, "actor", None)
+    if actor and actor != plan.owners.rollout:
+        raise RefusedError(f"only the rollout owner ({plan.owners.rollout}) may start this rollout, not {actor}")
+    client = await connect(identity=actor)
+    handle = await rc.start(client, plan, workflow_id=args.id)
+    if args.json:
+        print_json({"workflow_id": handle.id, "run_id": handle.result_run_id, "plan_hash": plan.plan_hash()})
+    else:
+        print(f"started {handle.id} (plan_hash {plan.plan_hash()[:12]}); awaiting approval of {plan.stages[0].name}")
+        print(f"  watch it: rollout watch {handle.id}")
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    client = await connect()
+    st = await rc.status(client, args.id)
+    if args.json:
+        print_json(st)
+    else:
+        print(render_status(st))
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    client = await connect()
+    rows = await rc.list_rollouts(client, stage=args.stage, status=args.status)
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no rollouts match")
+        return 0
+    width = max(len(r["workflow_id"]) for r in rows)
+    print(f"{'ROLLOUT':<{width}}  {'STAGE':<20} {'STATUS':<18} OWNER")
+    for r in rows:
+        print(f"{r['workflow_id']:<{width}}  {r['stage'] or '-':<20} {r['status'] or '-':<18} {r['owner'] or '-'}")
+    return 0
+
+
+async def cmd_watch(args: argparse.Namespace) -> int:
+    client = await connect()
+    last: str | None = None
+    try:
+        while True:
+            st = await rc.status(client, args.id)
+            line = status_line(st)
+            if args.json:
+                text = json.dumps(st, sort_keys=True, default=str)
+                if text != last:
+                    print(text, flush=True)
+                    last = text
+            elif line != last:
+                print(line, flush=True)
+                last = line
+            if st["status"] in TERMINAL:
+                return 0
+            await asyncio.sleep(args.interval)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 0
+
+
+async def cmd_approve(args: argparse.Namespace) -> int:
+    actor = actor_of(args)
+    if not args.stage and not args.amendment:
+        raise UsageError("approve needs --stage STAGE (or --amendment PLAN_HASH)")
+    payload: dict[str, Any] = {"actor": actor, "role": args.role, "comment": args.comment}
+    client = await connect(identity=actor)
+    if args.amendment:
+        payload["amendment"] = args.amendment
+    else:
+        payload["stage"] = args.stage
+    if args.key:
+        st = await rc.status(client, args.id)
+        payload["signature"] = sign_approval(Path(args.key), st["workflow_id"], args.stage or "", args.role,
+                                             st["plan_hash"], actor)
+    result = await rc.act(client, args.id, "approve", payload)
+    return _done(args, "approve", args.id, result)
+
+
+async def cmd_simple(args: argparse.Namespace) -> int:
+    actor = actor_of(args)
+    payload: dict[str, Any] = {"actor": actor, "reason": args.reason}
+    if args.action == "reject":
+        payload.update(stage=args.stage, role=args.role)
+    client = await connect(identity=actor)
+    result = await rc.act(client, args.id, args.action, payload)
+    return _done(args, args.action, args.id, result)
+
+
+async def cmd_ack(args: argparse.Namespace) -> int:
+    actor = actor_of(args)
+    payload: dict[str, Any] = {"actor": actor}
+    if args.escalation:
+        payload["escalation"] = True
+    else:
+        payload["item"] = args.item
+        if args.stage:
+            payload["stage"] = args.stage
+    client = await connect(identity=actor)
+    result = await rc.act(client, args.id, "acknowledge", payload)
+    return _done(args, "ack", args.id, result)
+
+
+async def cmd_amend(args: argparse.Namespace) -> int:
+    actor = actor_of(args)
+    plan = load_plan(args.file)
+    client = await connect(identity=actor)
+    payload = {"actor": actor, "plan": plan.model_dump(mode="json", by_alias=True), "reason": args.reason}
+    result = await rc.act(client, args.id, "amend", payload)
+    if args.json:
+        print_json({"action": "amend", "rollout": args.id, "amendment": plan.plan_hash(), **result})
+    else:
+        print(f"amendment {plan.plan_hash()} proposed; approve it with:")
+        print(f"  rollout approve {args.id} --amendment {plan.plan_hash()} --role ROLE --as IDENTITY")
+    return 0
+
+
+def sign_approval(key_file: Path, workflow_id: str, stage: str, role: str, plan_hash: str, actor: str) -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        raw = base64.b64decode(key_file.read_text().strip())
+        key = Ed25519PrivateKey.from_private_bytes(raw)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read private key {key_file}: {exc}") from None
+    sig = key.sign(approval_message(workflow_id, stage, role, plan_hash, actor))
+    return base64.b64encode(sig).decode()
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    priv = base64.b64encode(
+        key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    ).decode()
+    pub = base64.b64encode(
+        key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
+    if args.out:
+        out = Path(args.out)
+        out.write_text(priv + "\n")
+        out.chmod(0o600)
+    if args.json:
+        print_json({"public_key": pub, **({"private_key_file": args.out} if args.out else {"private_key": priv})})
+    else:
+        print(f"public_key: {pub}    # put under public_keys: {{<identity>: ...}} in the plan")
+        if not args.out:
+            print(f"private_key: {priv}    # keep secret; pass a file holding it to rollout approve --key")
+        else:
+            print(f"private key written to {args.out}")
+    sys.stdout.flush()
+    return 0
