@@ -20,9 +20,13 @@ from typing import Any
 from rollout.models import AuditEvent
 
 FINAL = {"completed", "aborted"}
-APPROVAL = {"approve", "approved", "approval", "approval_given"}
+APPROVAL = {"approve", "approved", "approval", "approval_given", "amendment_approved"}
 REJECTION = {"reject", "rejected"}
 CONTAINMENT = {"hold", "held", "narrow", "narrowed", "rollback", "rolled_back", "max_hold_rollback"}
+
+
+def _is_containment(ev: AuditEvent) -> bool:
+    return ev.action in CONTAINMENT or ev.action.startswith("contained_")
 RESUME = {"resume", "resumed"}
 BREACH = {"breach", "breach_recorded", "report_breach"}
 EVIDENCE_KEYS = (
@@ -44,9 +48,39 @@ def _is_refused(ev: AuditEvent) -> bool:
     return ev.action.startswith("refused") or ev.action.endswith("_refused") or bool(ev.payload.get("refused"))
 
 
+def _refused_action(ev: AuditEvent) -> str:
+    action = ev.payload.get("action")
+    request = ev.payload.get("request")
+    if not isinstance(action, str) and isinstance(request, str):
+        action = request
+    via = ev.payload.get("via")
+    text = action if isinstance(action, str) and action else ev.action
+    return f"{text} (via {via})" if isinstance(via, str) and via else text
+
+
 def _is_escalation(ev: AuditEvent) -> bool:
     a = ev.action
     return (a.startswith("escalation") or a in {"page", "paged", "acknowledged"}) and not _is_refused(ev)
+
+
+def _escalation_detail(ev: AuditEvent) -> str:
+    p = ev.payload
+    parts = []
+    who = p.get("recipients") or p.get("paged")
+    if who:
+        parts.append("paged " + (", ".join(map(str, who)) if isinstance(who, list) else str(who)))
+    if p.get("roles"):
+        parts.append("roles " + ", ".join(map(str, p["roles"])) if isinstance(p["roles"], list) else str(p["roles"]))
+    if p.get("level") is not None:
+        parts.append(f"level {p['level']}")
+    if p.get("delay_seconds"):
+        parts.append(f"fired {p['delay_seconds']}s late")
+    if p.get("auto"):
+        parts.append("acknowledged by the actor who contained")
+    reason = p.get("reason") if isinstance(p.get("reason"), str) else ev.reason
+    if reason:
+        parts.append(reason)
+    return "; ".join(parts)
 
 
 def _is_handoff(ev: AuditEvent) -> bool:
@@ -138,53 +172,106 @@ class _Md:
         return "\n".join(self.lines).rstrip() + "\n"
 
 
-def _evidence_of(ev: AuditEvent) -> dict[str, Any]:
-    ev_dict = ev.payload.get("evidence")
-    return ev_dict if isinstance(ev_dict, dict) else ev.payload
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _breach_parts(ev: AuditEvent) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(evidence, bundle, record) of a breach event.
+
+    StagedRollout writes `payload.breach` = {evidence, bundle, action, applied, note, ...};
+    a flat payload (evidence fields at the top, or under `evidence`) works too."""
+    payload = ev.payload
+    record = payload.get("breach")
+    if isinstance(record, dict):
+        evidence = _dict(record.get("evidence"))
+        bundle = _dict(record.get("bundle"))
+        rest = {k: v for k, v in record.items() if k not in ("evidence", "bundle")}
+        return evidence, bundle, rest
+    if isinstance(payload.get("evidence"), dict):
+        return payload["evidence"], {k: v for k, v in payload.items() if k != "evidence"}, {}
+    return payload, {}, {}
+
+
+def _threshold_spec(evidence: dict[str, Any], bundle: dict[str, Any]) -> dict[str, Any]:
+    """The plan threshold the breach names, as the bundle recorded it (max/min/for)."""
+    name = evidence.get("threshold")
+    for t in bundle.get("thresholds") or []:
+        if isinstance(t, dict) and t.get("name") == name:
+            return t
+    return {}
 
 
 def _render_evidence(md: _Md, ev: AuditEvent) -> None:
-    payload = ev.payload
-    evidence = _evidence_of(ev)
-    limit = evidence.get("max")
-    floor = evidence.get("min")
+    evidence, bundle, record = _breach_parts(ev)
+    spec = _threshold_spec(evidence, bundle)
+    metric = _dict(bundle.get("metric"))
+
+    def pick(key: str, *alts: str) -> Any:
+        for src in (evidence, metric, spec):
+            for k in (key, *alts):
+                if src.get(k) is not None:
+                    return src[k]
+        return None
+
+    limit, floor = pick("max"), pick("min")
     bound = " and ".join(
         part for part in ((f"max {limit}" if limit is not None else ""), (f"min {floor}" if floor is not None else "")) if part
     )
     md.add(f"- **Threshold**: {evidence.get('threshold') or '(none named: hold)'}" + (f" ({bound})" if bound else ""))
-    if evidence.get("query"):
-        md.add(f"- **Query**: `{evidence['query']}`")
-    value = "no data" if evidence.get("no_data") else evidence.get("value")
+    query = pick("query")
+    if query:
+        md.add(f"- **Query**: `{query}`")
+    value = "no data" if evidence.get("no_data") else pick("value")
     if value is not None:
         md.add(f"- **Observed value**: {value}")
-    consecutive = evidence.get("for_", evidence.get("for"))
+    consecutive = pick("for_", "for")
     if consecutive is not None:
         md.add(f"- **Consecutive failing evaluations required**: {consecutive}")
     for key, label in (("source", "Source"), ("observed_at", "Observed at"), ("action", "Action asked for")):
         if evidence.get(key) is not None:
             md.add(f"- **{label}**: {evidence[key]}")
-    md.add(f"- **Plan hash**: `{payload.get('plan_hash', ev.plan_hash)}`")
-    shown = set(EVIDENCE_KEYS) | {"samples", "detail", "evidence", "plan_hash"}
     if isinstance(evidence.get("detail"), dict) and evidence["detail"]:
         md.add(f"- **Detail**: `{_compact(evidence['detail'])}`")
-    for key in sorted(payload):
-        if key in shown or (evidence is payload and key in EVIDENCE_KEYS):
+    if record:
+        applied = record.get("applied")
+        taken = record.get("action")
+        if applied is False:
+            md.add(f"- **Containment**: none (recorded only{': ' + str(record['note']) if record.get('note') else ''})")
+        elif taken:
+            md.add(f"- **Containment**: {taken}")
+    md.add(f"- **Plan hash**: `{bundle.get('plan_hash', ev.plan_hash)}`")
+    scope = bundle.get("scope")
+    if isinstance(scope, dict) and isinstance(scope.get("in_force"), dict):
+        in_force = dict(_dict(scope["in_force"]))
+        authority = in_force.pop("authority", None)
+        md.add(f"- **Scope in force**: `{_compact(in_force)}`")
+        if authority is not None:
+            md.add(f"- **Authority in force**: `{_compact(authority)}`")
+        if scope.get("decided") is not None:
+            md.add(f"- **Scope decided**: `{_compact(scope['decided'])}`")
+    elif scope is not None:
+        md.add(f"- **Scope**: `{_compact(scope)}`")
+    shown = {"metric", "thresholds", "scope", "plan_hash", "samples", "evidence"}
+    for key in sorted(bundle):
+        if key in shown or (key == "containment" and record):
             continue
-        label = key.replace("_", " ").capitalize()
-        md.add(f"- **{label}**: `{_compact(payload[key])}`")
-    if evidence is not payload:
+        md.add(f"- **{key.replace('_', ' ').capitalize()}**: `{_compact(bundle[key])}`")
+    if not bundle:  # flat payload: show whatever else it carries
         for key in sorted(evidence):
-            if key not in shown:
-                md.add(f"- **Evidence {key.replace('_', ' ')}**: `{_compact(evidence[key])}`")
-    samples = evidence.get("samples")
+            if key not in set(EVIDENCE_KEYS) | {"samples", "detail", "plan_hash"}:
+                md.add(f"- **{key.replace('_', ' ').capitalize()}**: `{_compact(evidence[key])}`")
+    if spec:
+        md.add(f"- **Threshold as planned**: `{_compact(spec)}`")
+    samples = evidence.get("samples") or metric.get("samples")
     if isinstance(samples, list) and samples:
         md.add("", "Samples:", "")
         md.table(
             ["at", "value", "error"],
             (
-                [s.get("at"), "no data" if s.get("value") is None else s.get("value"), s.get("error")]
-                for s in samples
-                if isinstance(s, dict)
+                [x.get("at"), "no data" if x.get("value") is None else x.get("value"), x.get("error")]
+                for x in samples
+                if isinstance(x, dict)
             ),
         )
     md.add("")
@@ -251,7 +338,7 @@ def render_markdown(
         md.add(f"### Breach at {_ts(e.at)} (seq {e.seq}, stage {e.stage or '-'})", "")
         _render_evidence(md, e)
 
-    contained = [e for e in evs if (e.action in CONTAINMENT or e.action in RESUME) and not _is_refused(e)]
+    contained = [e for e in evs if (_is_containment(e) or e.action in RESUME) and not _is_refused(e)]
     md.add("## Containment and resumes", "")
     if contained:
         md.table(
@@ -272,7 +359,7 @@ def render_markdown(
                     _ts(e.at),
                     e.action,
                     _who(e),
-                    e.payload.get("paged") or e.payload.get("recipients") or e.payload.get("level") or _comment(e),
+                    _escalation_detail(e),
                 ]
                 for e in esc
             ),
@@ -296,7 +383,7 @@ def render_markdown(
         md.table(
             ["seq", "time", "event", "who", "plan hash", "detail"],
             (
-                [e.seq, _ts(e.at), e.action, _who(e), e.payload.get("new_plan_hash") or e.payload.get("amendment") or e.plan_hash, _comment(e)]
+                [e.seq, _ts(e.at), e.action, _who(e), e.payload.get("new_plan_hash") or e.payload.get("amendment") or (e.payload.get("plan_hash") if e.action == "amendment_applied" else None) or e.plan_hash, _comment(e)]
                 for e in amends
             ),
         )
@@ -308,7 +395,7 @@ def render_markdown(
     if refused:
         md.table(
             ["seq", "time", "action", "who", "reason"],
-            ([e.seq, _ts(e.at), e.payload.get("request") or e.action, _who(e), _comment(e)] for e in refused),
+            ([e.seq, _ts(e.at), _refused_action(e), _who(e), _comment(e)] for e in refused),
         )
     else:
         md.add("None.", "")
