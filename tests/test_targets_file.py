@@ -236,3 +236,16 @@ async def test_concurrent_readers_never_see_a_partial_file(tmp_path: Path) -> No
     assert problems == []
     assert sum(reads) > 100
     assert sorted(os.listdir(tmp_path)) == ["flags.json"]  # no temporary files left behind
+
+
+async def test_log_target_prints_and_appends_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "exposure.jsonl"
+    c = change(path, 4, 25, ["internal"]).model_copy(update={"target": {"kind": "log", "path": str(path)}})
+    assert await apply(c) == "logged"
+    assert await apply(c) == "already logged"  # a retried activity
+    printed = capsys.readouterr().out
+    assert "rollout-support-agent #4] promote: stage stage-4, 25% of segments internal" in printed
+    [line] = path.read_text().splitlines()
+    assert json.loads(line)["idempotency_key"] == "rollout-support-agent:4"
+    plain = c.model_copy(update={"target": {"kind": "log"}})
+    assert await apply(plain) == "logged"
