@@ -34,3 +34,11 @@ class AuditActivities:
             raise ApplicationError(str(exc), type="AuditGap") from exc
         except AuditStoreError as exc:
             raise ApplicationError(str(exc), type="AuditStoreError") from exc
+
+    @activity.defn(name="audit_last_seq")
+    async def audit_last_seq(self, rollout_id: str) -> int:
+        """Where a new run of a rollout id continues its trail (one hash chain per rollout id)."""
+        try:
+            return await self.store.last_seq(rollout_id)
+        except AuditStoreError as exc:
+            raise ApplicationError(str(exc), type="AuditStoreError") from exc

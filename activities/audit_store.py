@@ -543,6 +543,15 @@ class AuditStore:
     async def events(self, rollout_id: str) -> list[AuditEvent]:
         return [r.event for r in await self.read(rollout_id)]
 
+    async def last_seq(self, rollout_id: str) -> int:
+        """The highest sequence stored for a rollout (0 when none): a new run continues after it."""
+        await self._ensure_ready()
+        t = audit_events
+        async with self.engine.connect() as conn:
+            res = await conn.execute(sa.select(sa.func.max(t.c.seq)).where(t.c.rollout_id == rollout_id))
+            value = res.scalar()
+            return int(value) if value is not None else 0
+
     async def rollout_ids(self) -> list[str]:
         await self._ensure_ready()
         t = audit_events

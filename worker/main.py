@@ -23,7 +23,8 @@ log = logging.getLogger("rollout.worker")
 
 
 def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
-    return [apply_exposure, send_notifications, monitor_thresholds, AuditActivities(store).record_audit]
+    audit = AuditActivities(store)
+    return [apply_exposure, send_notifications, monitor_thresholds, audit.record_audit, audit.audit_last_seq]
 
 
 def build_worker(

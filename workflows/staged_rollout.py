@@ -83,12 +83,6 @@ class StagedRollout:
             awaiting_since=now,
         )
         self._set_remind()
-        self._audit(
-            "started",
-            actor=plan.owners.rollout,
-            role="rollout",
-            payload={"plan": plan.model_dump(mode="json", by_alias=True), "plan_name": plan.name},
-        )
 
     # ------------------------------------------------------------------ run loop
 
@@ -96,6 +90,28 @@ class StagedRollout:
     async def run(self, inp: RolloutInput) -> dict[str, Any]:
         s = self._state()
         if self._fresh:
+            # a new run of a rollout id continues that id's audit trail (one hash chain per id)
+            base = await workflow.execute_activity(
+                "audit_last_seq",
+                s.workflow_id,
+                result_type=int,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            )
+            early = list(s.audit_outbox)  # decisions taken while the base was fetched
+            s.audit_outbox.clear()
+            s.audit_seq = base
+            self._audit(
+                "started",
+                actor=s.plan.owners.rollout,
+                role="rollout",
+                payload={"plan": s.plan.model_dump(mode="json", by_alias=True), "plan_name": s.plan.name,
+                         "run_id": workflow.info().run_id},
+            )
+            for ev in early:
+                s.audit_seq += 1
+                ev.seq = s.audit_seq
+                s.audit_outbox.append(ev)
             self._notify("started", f"rollout {s.plan.name} started; awaiting approval of {s.plan.stages[0].name}")
         workflow.upsert_search_attributes(
             [
@@ -965,7 +981,7 @@ class StagedRollout:
         if apply:
             s.breaches.append(rec)
             del s.breaches[:-50]
-        self._audit(
+        event = self._audit(
             "breach",
             actor=ev.source,
             stage=rec.stage,
@@ -981,8 +997,11 @@ class StagedRollout:
                 reason=f"breach of {ev.threshold or 'unnamed threshold'} ({ev.source})",
                 thresholds=[ev.threshold] if ev.threshold else [],
             )
-            if s.hold is not None and s.escalation is not None:
-                rec.bundle["escalation"] = s.escalation.model_dump(mode="json")
+            # the evidence bundle shows the containment taken and the escalation it opened
+            rec.bundle["escalation"] = s.escalation.model_dump(mode="json") if s.escalation else None
+            rec.bundle["hold"] = s.hold.model_dump(mode="json") if s.hold else None
+            rec.bundle["scope_after"] = self._scope_json()["decided"]
+            event.payload["breach"] = rec.model_dump(mode="json", by_alias=True)
 
     def _scope_json(self) -> dict[str, Any]:
         s = self._state()
@@ -1256,13 +1275,12 @@ class StagedRollout:
         stage: str | None = None,
         reason: str | None = None,
         payload: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> AuditEvent:
         s = self._state()
         s.audit_seq += 1
         if stage is None:
             stage = self.plan.stages[s.stage_index].name
-        s.audit_outbox.append(
-            AuditEvent(
+        event = AuditEvent(
                 rollout_id=s.workflow_id,
                 seq=s.audit_seq,
                 at=self._now(),
@@ -1273,9 +1291,10 @@ class StagedRollout:
                 plan_hash=s.plan_hash,
                 reason=reason,
                 payload={**(payload or {}), "status": s.status},
-            )
         )
+        s.audit_outbox.append(event)
         self._poke()
+        return event
 
     def _role_of(self, actor: str | None) -> str | None:
         if actor is None:
