@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from temporalio.worker import Worker
 from activities.audit_store import AuditStore
 from tests import plans
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK, WORKFLOW_OWNER
-from tests.wfkit import clean_monitor, hours, signal, start, status, wait_for
+from tests.wfkit import STARTED, clean_monitor, hours, record_histories, signal, start, status, wait_for
 from worker.main import build_worker
 
 
@@ -26,14 +27,23 @@ async def store(tmp_path: Path) -> AsyncIterator[AuditStore]:
     await st.close()
 
 
+HISTORIES = Path(__file__).parent / "histories"
+
+
 @pytest.fixture
-async def worker(ts_env: WorkflowEnvironment, store: AuditStore) -> AsyncIterator[str]:
+async def worker(
+    ts_env: WorkflowEnvironment, store: AuditStore, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
     queue = f"q-{uuid.uuid4().hex[:8]}"
     w: Worker = build_worker(
         ts_env.client, store, queue=queue, replace_activities={"monitor_thresholds": clean_monitor}
     )
+    STARTED.clear()
     async with w:
         yield queue
+        # `ROLLOUT_RECORD_HISTORIES=1 pytest tests/test_workflow_scenarios.py` refreshes tests/histories/
+        if os.environ.get("ROLLOUT_RECORD_HISTORIES") == "1":
+            await record_histories(request.node.name.removeprefix("test_"), HISTORIES)
 
 
 async def approve(h: Any, stage: str, role: str, actor: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -28,15 +29,36 @@ async def clean_monitor(req: MonitorRequest) -> MonitorResult:
     return MonitorResult(kind="window_end", coverage=dict.fromkeys(names, 1.0), expected_evaluations=1)
 
 
+STARTED: list[WorkflowHandle[Any, Any]] = []  # for recording replay histories
+
+
 async def start(client: Client, plan: dict[str, Any], queue: str, **kw: Any) -> WorkflowHandle[Any, Any]:
     p = validate_plan_data(plan)
     wid = f"rollout-{p.name}-{uuid.uuid4().hex[:6]}"
-    return await client.start_workflow(
+    handle = await client.start_workflow(
         StagedRollout.run,
         RolloutInput(plan=p, **kw),
         id=wid,
         task_queue=queue,
     )
+    STARTED.append(handle)
+    return handle
+
+
+async def record_histories(name: str, directory: Path) -> None:
+    """Write the histories of the workflows a test started (every run) as JSON for replay tests."""
+    handles = list(STARTED)
+    STARTED.clear()
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, h in enumerate(handles):
+        run_ids = [h.run_id]
+        latest = h._client.get_workflow_handle(h.id)
+        desc = await latest.describe()
+        if desc.run_id not in run_ids:
+            run_ids.append(desc.run_id)
+        for j, run in enumerate(run_ids):
+            hist = await h._client.get_workflow_handle(h.id, run_id=run).fetch_history()
+            (directory / f"{name}-{i}-{j}.json").write_text(hist.to_json())
 
 
 async def status(h: WorkflowHandle[Any, Any]) -> dict[str, Any]:

@@ -101,6 +101,14 @@ class StagedRollout:
             early = list(s.audit_outbox)  # decisions taken while the base was fetched
             s.audit_outbox.clear()
             s.audit_seq = base
+            # decisions continue after the id's earlier runs too, so `<workflow id>:<seq>`
+            # idempotency keys never repeat (every decision has an audit row: seq <= base)
+            for ch in s.pending_changes:  # decided while the base was fetched
+                if s.awaiting_window_seq == ch.seq:
+                    s.awaiting_window_seq = ch.seq + base
+                ch.seq += base
+                ch.idempotency_key = f"{s.workflow_id}:{ch.seq}"
+            s.decision_seq += base
             self._audit(
                 "started",
                 actor=s.plan.owners.rollout,
