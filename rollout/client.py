@@ -55,7 +55,7 @@ async def resolve(client: Client, ident: str) -> WorkflowHandle[Any, Any]:
             last = _rpc_error(exc, wid)
             if not isinstance(last, NotFoundError):
                 raise last from None
-    raise NotFoundError(f"no rollout {ident} (tried {', '.join(candidates)})") from None if last else None
+    raise NotFoundError(f"no rollout {ident} (tried {', '.join(candidates)})")
 
 
 async def start(client: Client, plan: Plan, *, workflow_id: str | None = None) -> WorkflowHandle[Any, Any]:

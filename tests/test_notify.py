@@ -30,7 +30,7 @@ from rollout.plan import Notifier
 from worker.example_target import create_app, running
 
 SECRET = "notify-secret-" + uuid.uuid4().hex
-SECRET_ENV = "ROLLOUT_TEST_NOTIFY_SECRET"  # noqa: S105 - an env var name
+SECRET_ENV = "ROLLOUT_TEST_NOTIFY_SECRET"
 SLACK_URL = "https://slack.test/services/T0001/B0001/" + uuid.uuid4().hex  # the path is the secret
 
 
@@ -180,7 +180,7 @@ async def test_failures_are_returned_never_raised() -> None:
                 Notifier(kind="webhook", url=f"{gone}/notify"),
                 Notifier(kind="webhook", url=dead),
                 Notifier(kind="webhook", url=f"{ok}/notify?token=abc"),
-                Notifier(kind="webhook", url=f"{ok}/notify", secret_env="ROLLOUT_TEST_UNSET_SECRET"),  # noqa: S106
+                Notifier(kind="webhook", url=f"{ok}/notify", secret_env="ROLLOUT_TEST_UNSET_SECRET"),
             ]
         )
         result = await ActivityEnvironment().run(send_notifications, n)

@@ -34,7 +34,7 @@ from rollout.models import TargetChange, TargetResult
 REPO = Path(__file__).resolve().parent.parent
 UNLEASH_DIR = REPO / ".tools" / "unleash"
 TOKEN = f"*:*.rollout-test-{uuid.uuid4().hex}"
-TOKEN_ENV = "ROLLOUT_TEST_UNLEASH_TOKEN"  # noqa: S105 - an env var name
+TOKEN_ENV = "ROLLOUT_TEST_UNLEASH_TOKEN"
 
 
 @dataclass

@@ -45,7 +45,7 @@ from rollout.models import TargetChange, TargetResult
 from worker.example_target import create_app, running
 
 SECRET = "s3cret-for-webhook-tests-" + uuid.uuid4().hex
-SECRET_ENV = "ROLLOUT_TEST_WEBHOOK_SECRET"  # noqa: S105 - an env var name
+SECRET_ENV = "ROLLOUT_TEST_WEBHOOK_SECRET"
 
 
 # ---- a real receiver with scripted behaviour ------------------------------------------
