@@ -130,7 +130,7 @@ async def demo(window: str) -> int:
             say("carol (incident response) acknowledges, finds a bad deploy upstream, and resumes")
             await act(client, wid, "acknowledge", actor=owners.incident_response, escalation=True)
             await act(client, wid, "resume", actor=owners.incident_response, reason="upstream fix deployed")
-            say(f"the window restarts from zero; hank acknowledges the stage's handoff meanwhile")
+            say("the window restarts from zero; hank acknowledges the stage's handoff meanwhile")
             await act(client, wid, "acknowledge", actor="hank@example.com", item="Support leads briefed on agent replies")
             await until(client, wid, lambda s: s["stage"] == "system-of-record", within=180)
 
