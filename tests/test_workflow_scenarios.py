@@ -305,3 +305,39 @@ async def test_continue_as_new_keeps_state(ts_env: WorkflowEnvironment, worker: 
     assert desc.run_id != h.first_execution_run_id or st["runs"] >= 2
     await approve(h, "limited-25", "operations", OPS)
     await wait_for(h, lambda s: s["stage"] == "limited-25" and s["status"] == "soaking")
+
+
+async def test_ninety_day_plan_does_not_grow_history_with_time(ts_env: WorkflowEnvironment, worker: str) -> None:
+    d = plans.plan_dict()
+    for st in d["stages"]:
+        st["window"] = "30d"
+    h = await start(ts_env.client, d, worker)
+    await approve(h, "pilot", "engineering", ENG1)
+    await wait_for(h, lambda s: s["status"] == "soaking" and s["window_ends_at"] is not None)
+    before = len((await h.fetch_history()).events)
+    for _ in range(29):
+        await ts_env.sleep(hours(24))
+    st = await status(h)
+    assert st["status"] == "soaking" and st["stage"] == "pilot"
+    after = len((await h.fetch_history()).events)
+    assert after - before <= 4, f"29 days of soaking grew history by {after - before} events"
+    await ts_env.sleep(hours(25))
+    await wait_for(h, lambda s: s["stage"] == "limited-25")
+
+
+async def test_signals_on_a_held_rollout_page_until_acknowledged_and_late_timers_record_delay(
+    ts_env: WorkflowEnvironment, worker: str
+) -> None:
+    h = await start(ts_env.client, plans.plan_dict(), worker)
+    await signal(h, "hold", actor=RISK, reason="before the pilot")  # a hold before the pilot
+    st = await wait_for(h, lambda s: s["status"] == "held")
+    assert st["exposure_stage"] is None and st["escalation"]["pages"][0]["recipients"] == [IR]
+    await approve(h, "pilot", "engineering", ENG1)  # approvals are accepted during a hold that interrupted them
+    st = await wait_for(h, lambda s: "engineering" in s["approvals"]["given"])
+    assert st["status"] == "held"  # ... but no entry follows a containment without a resume
+    await signal(h, "acknowledge", actor=RISK, escalation=True)  # RISK may not acknowledge
+    await wait_for(h, lambda s: len(s["refused"]) == 1)
+    await signal(h, "acknowledge", actor=OWNER, escalation=True)
+    st = await wait_for(h, lambda s: s["escalation"]["acknowledged_by"] == OWNER)
+    await signal(h, "resume", actor=OWNER, reason="go")
+    await wait_for(h, lambda s: s["status"] == "soaking" and s["stage"] == "pilot")
