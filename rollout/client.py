@@ -108,6 +108,11 @@ async def act(client: Client, ident: str, action: str, payload: dict[str, Any]) 
 
 async def status(client: Client, ident: str) -> dict[str, Any]:
     handle = await resolve(client, ident)
+    desc = await handle.describe()
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        # a finished rollout returns its final status: readable without a worker
+        final: dict[str, Any] = await client.get_workflow_handle(handle.id, result_type=dict).result()
+        return final
     try:
         result: dict[str, Any] = await handle.query("status", result_type=dict)
         return result
