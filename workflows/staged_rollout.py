@@ -1233,7 +1233,7 @@ class StagedRollout:
             req,
             result_type=MonitorResult,
             start_to_close_timeout=timedelta(days=400),
-            heartbeat_timeout=timedelta(seconds=max(3 * interval, 30.0)),
+            heartbeat_timeout=timedelta(seconds=max(3 * interval, 10.0)),
             retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
             cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
             summary=f"watch {stage.name} thresholds" + (f" for {int(span)}s window" if span else ""),
