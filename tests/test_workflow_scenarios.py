@@ -195,6 +195,10 @@ async def test_narrow_and_rollback_from_limited(ts_env: WorkflowEnvironment, wor
     st = await wait_for(h, lambda s: s["status"] == "rolled_back" and s["target_pending"] is None)
     assert st["stage"] == "pilot" and st["exposure_stage"] == "pilot" and st["exposure"]["percent"] == 5
     assert st["handoff_acknowledged"].get("limited-25") is None
+    # the stage rolled back from is no longer entered: its handoff cannot be acknowledged now
+    await signal(h, "acknowledge", actor=OPS, item="Support leads briefed")
+    st = await wait_for(h, lambda s: len(s["refused"]) == 1)
+    assert "has not been entered yet" in st["refused"][0]["reason"]
     await signal(h, "resume", actor=OWNER, reason="fixed")
     await wait_for(h, lambda s: s["status"] == "soaking" and s["stage"] == "pilot" and s["window_ends_at"])
     await ts_env.sleep(hours(73))

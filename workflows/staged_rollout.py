@@ -510,12 +510,14 @@ class StagedRollout:
             idx = plan.stage_index(a.stage)
             if idx is None:
                 return f"unknown stage '{a.stage}'"
-            if idx not in s.entered:
+            if idx not in s.entered or idx > s.stage_index:
                 return f"stage '{a.stage}' has not been entered yet"
             return idx
-        found = policy.find_handoff_stage(plan, a.item or "", s.entered)
+        # stages entered and not rolled back from (their acknowledgements were voided)
+        live = [i for i in s.entered if i <= s.stage_index]
+        found = policy.find_handoff_stage(plan, a.item or "", live)
         if found is None:
-            items = [h.item for i in s.entered for h in plan.stages[i].handoff]
+            items = [h.item for i in live for h in plan.stages[i].handoff]
             if any(h.item == a.item for st in plan.stages for h in st.handoff):
                 return f"the stage with handoff item '{a.item}' has not been entered yet"
             return f"no entered stage has handoff item '{a.item}' (items: {'; '.join(items) or 'none'})"
