@@ -34,7 +34,7 @@ def free_port() -> int:
 def binary(name: str) -> str:
     found = shutil.which(name)
     if not found:
-        pytest.skip(f"{name} is not installed (run scripts/install-system-deps.sh)")
+        pytest.fail(f"{name} is not installed: run scripts/install-system-deps.sh (make test does)")
     return found
 
 

@@ -73,8 +73,9 @@ async def demo(window: str) -> int:
     os.environ["ROLLOUT_WEBHOOK_SECRET"] = secret
     tmp = Path(tempfile.mkdtemp(prefix="rollout-demo-"))
     os.environ.setdefault("ROLLOUT_DB_URL", f"sqlite+aiosqlite:///{tmp / 'audit.db'}")
-    ports = {"port": free_port(), "ui_port": free_port(), "http_port": free_port()}
-    async with running(create_app(secret)) as target_url, embedded_stack(db=tmp / "temporal.db", **ports) as stack:
+    async with running(create_app(secret)) as target_url, embedded_stack(
+        db=tmp / "temporal.db", port=free_port(), ui_port=free_port(), http_port=free_port()
+    ) as stack:
         client = stack.client
         print(f"Temporal UI:     {stack.ui}   (open it to see the workflow and its history)")
         print(f"Example target:  {target_url}/   (the scope in force, as the target sees it)")
