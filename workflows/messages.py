@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -33,12 +33,24 @@ class BreachReport(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    source: str = "unknown"
-    threshold: str | None = None
-    value: float | str | None = None
-    observed_at: datetime | None = None
-    action: str | None = None
+    source: Any = "unknown"
+    threshold: Any = None
+    value: Any = None
+    observed_at: Any = None  # ISO 8601 (or a datetime); anything else is kept as evidence
+    action: Any = None
     detail: Any = None
+
+    def observed(self) -> datetime | None:
+        v = self.observed_at
+        if isinstance(v, datetime):
+            return v if v.tzinfo else v.replace(tzinfo=UTC)
+        if isinstance(v, str):
+            try:
+                t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            return t if t.tzinfo else t.replace(tzinfo=UTC)
+        return None
 
 
 class RolloutInput(BaseModel):

@@ -65,6 +65,7 @@ class StagedRollout:
         self._window_result: MonitorResult | None = None
         self._monitor_finished: tuple[Any, ...] | None = None  # a watch that ended without a breach
         self._audit_busy = False
+        self._audit_paused = False
         self._notify_tasks: set[asyncio.Task[Any]] = set()
         self._sa: tuple[str, str] | None = None
         self._can_after = inp.continue_as_new_after
@@ -151,7 +152,7 @@ class StagedRollout:
         self._stop_monitor()
         await workflow.wait_condition(lambda: not s.audit_outbox and not self._audit_busy)
         if self._notify_tasks:
-            await asyncio.wait(list(self._notify_tasks))
+            await workflow.wait(list(self._notify_tasks))
         await workflow.wait_condition(workflow.all_handlers_finished)
         audit_task.cancel()
         return self._status()
@@ -344,20 +345,23 @@ class StagedRollout:
     def report_breach(self, r: BreachReport) -> None:
         if self.s is None:
             return
+        observed = r.observed()
+        requested = r.action if isinstance(r.action, str) else None
         evidence = BreachEvidence(
-            source=r.source or "unknown",
-            threshold=r.threshold,
+            source=str(r.source) if r.source else "unknown",
+            threshold=r.threshold if isinstance(r.threshold, str) and r.threshold else None,
             value=_float(r.value),
-            observed_at=r.observed_at or self._now(),
+            observed_at=observed or self._now(),
             action="hold",
             detail={
                 "detail": r.detail,
                 "requested_action": r.action,
                 **({"value_raw": r.value} if _float(r.value) is None and r.value is not None else {}),
+                **({"observed_at_raw": r.observed_at} if observed is None and r.observed_at is not None else {}),
                 **(r.model_extra or {}),
             },
         )
-        self._breach(evidence, requested=r.action)
+        self._breach(evidence, requested=requested)
         self._poke()
 
     # ---- action plumbing
@@ -1320,7 +1324,7 @@ class StagedRollout:
     async def _audit_loop(self) -> None:
         s = self._state()
         while True:
-            await workflow.wait_condition(lambda: bool(s.audit_outbox))
+            await workflow.wait_condition(lambda: bool(s.audit_outbox) and not self._audit_paused)
             batch = list(s.audit_outbox[:200])
             self._audit_busy = True
             try:
@@ -1406,9 +1410,15 @@ class StagedRollout:
     async def _continue_as_new(self, inp: RolloutInput) -> None:
         s = self._state()
         self._stop_monitor()
-        await workflow.wait_condition(lambda: not s.audit_outbox and not self._audit_busy)
+        if workflow.patched("can-carries-audit-outbox"):
+            # stop sending and carry unsent audit rows in the state: a signal storm keeps the
+            # outbox busy, and must not keep this run growing past continue_as_new_after
+            self._audit_paused = True
+            await workflow.wait_condition(lambda: not self._audit_busy)
+        else:
+            await workflow.wait_condition(lambda: not s.audit_outbox and not self._audit_busy)
         if self._notify_tasks:
-            await asyncio.wait(list(self._notify_tasks))
+            await workflow.wait(list(self._notify_tasks))
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._audit_busy = True  # nothing more goes out from this run
         workflow.continue_as_new(
