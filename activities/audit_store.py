@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import math
 import os
+import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -401,10 +402,15 @@ class AuditStore:
 
     async def migrate(self) -> None:
         """Create or upgrade the schema to the newest migration (Alembic `upgrade head`)."""
-        async with self._writer.begin() as conn:
-            if self.dialect == "postgresql":  # one migrating process at a time
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_advisory_key("rollout-audit-migrate"))))
-            await conn.run_sync(_alembic_upgrade)
+        # Alembic's `context`/`op` are process-global: one migration at a time in this process
+        # (stores on any engine), and the database lock below for other processes.
+        async with _migrate_lock():
+            async with self._writer.begin() as conn:
+                if self.dialect == "postgresql":  # one migrating process at a time
+                    await conn.execute(
+                        sa.select(sa.func.pg_advisory_xact_lock(_advisory_key("rollout-audit-migrate")))
+                    )
+                await conn.run_sync(_alembic_upgrade)
         self._ready = True
 
     async def schema_revision(self) -> str | None:
@@ -650,6 +656,17 @@ def _sqlite_events(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             conn.exec_driver_sql("BEGIN")
+
+
+_MIGRATE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _migrate_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _MIGRATE_LOCKS.get(loop)
+    if lock is None:
+        lock = _MIGRATE_LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 def _alembic_config(connection: Connection | None = None) -> Any:
