@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,17 @@ from temporalio.worker import Worker
 from activities.audit_store import AuditStore
 from tests import plans
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK, WORKFLOW_OWNER
-from tests.wfkit import STARTED, clean_monitor, hours, record_histories, signal, start, status, wait_for
+from tests.wfkit import (
+    STARTED,
+    bounded_shutdown,
+    clean_monitor,
+    hours,
+    record_histories,
+    signal,
+    start,
+    status,
+    wait_for,
+)
 from worker.main import build_worker
 
 
@@ -39,11 +50,14 @@ async def worker(
         ts_env.client, store, queue=queue, replace_activities={"monitor_thresholds": clean_monitor}
     )
     STARTED.clear()
-    async with w:
+    run = asyncio.create_task(w.run())
+    try:
         yield queue
         # `ROLLOUT_RECORD_HISTORIES=1 pytest tests/test_workflow_scenarios.py` refreshes tests/histories/
         if os.environ.get("ROLLOUT_RECORD_HISTORIES") == "1":
             await record_histories(request.node.name.removeprefix("test_"), HISTORIES)
+    finally:
+        await bounded_shutdown(w, run)
 
 
 async def approve(h: Any, stage: str, role: str, actor: str) -> None:
