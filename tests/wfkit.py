@@ -102,5 +102,5 @@ async def bounded_shutdown(worker: Worker, run: asyncio.Task[None], within: floa
         print(f"worker shutdown exceeded {within}s; cancelling it", file=sys.stderr)
     if not run.done():
         run.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await run
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(asyncio.shield(run), 5)
