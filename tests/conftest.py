@@ -6,7 +6,8 @@ import asyncio
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.audit_store import AuditStore
 from rollout import search_attrs
 
 BIN = Path(sys.executable).parent
@@ -69,6 +71,35 @@ async def register_search_attributes(client: Client) -> None:
             search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in search_attrs.ALL},
         )
     )
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[AuditStore]:
+    """A migrated audit store in a fresh SQLite file."""
+    store = AuditStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
+    await store.migrate()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def cli_queue(monkeypatch: pytest.MonkeyPatch, dev_env: WorkflowEnvironment) -> Iterator[str]:
+    """The CLI's environment for a test: Temporal's own settings plus a task queue of its own."""
+    q = f"cli-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("ROLLOUT_TASK_QUEUE", q)
+    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+    monkeypatch.delenv("ROLLOUT_IDENTITY", raising=False)
+    yield q
+
+
+@pytest.fixture
+async def cli_worker(dev_env: WorkflowEnvironment, cli_queue: str, sqlite_store: AuditStore) -> AsyncIterator[AuditStore]:
+    """A worker with every real activity on the CLI's task queue; yields its audit store."""
+    from worker.main import build_worker
+
+    async with build_worker(dev_env.client, sqlite_store, queue=cli_queue):
+        yield sqlite_store
 
 
 PG_URL = os.environ.get("ROLLOUT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")

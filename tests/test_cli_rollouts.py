@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,6 @@ from activities.audit_store import AuditStore
 from rollout.cli import main
 from tests import plans
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
-from worker.main import build_worker
-
-
-@pytest.fixture
-def queue(monkeypatch: pytest.MonkeyPatch, dev_env: WorkflowEnvironment) -> Iterator[str]:
-    q = f"cli-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("ROLLOUT_TASK_QUEUE", q)
-    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
-    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
-    monkeypatch.delenv("ROLLOUT_IDENTITY", raising=False)
-    yield q
-
-
-@pytest.fixture
-async def running_worker(dev_env: WorkflowEnvironment, queue: str, tmp_path: Path) -> AsyncIterator[AuditStore]:
-    store = AuditStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
-    await store.migrate()
-    async with build_worker(dev_env.client, store, queue=queue):
-        yield store
-    await store.close()
 
 
 def short_plan(tmp_path: Path, name: str) -> Path:
@@ -73,7 +52,7 @@ async def wait_status(name: str, capsys: pytest.CaptureFixture[str], pred: Any, 
 
 
 async def test_every_role_from_the_cli(
-    running_worker: AuditStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli_worker: AuditStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = f"cli-{uuid.uuid4().hex[:6]}"
     path = short_plan(tmp_path, name)
@@ -145,11 +124,11 @@ async def test_every_role_from_the_cli(
 
 
 async def test_rejected_update_leaves_no_history(
-    running_worker: AuditStore, dev_env: WorkflowEnvironment, queue: str, tmp_path: Path
+    cli_worker: AuditStore, dev_env: WorkflowEnvironment, cli_queue: str, tmp_path: Path
 ) -> None:
     from tests.wfkit import start
 
-    h = await start(dev_env.client, plans.plan_dict(f"upd-{uuid.uuid4().hex[:6]}"), queue)
+    h = await start(dev_env.client, plans.plan_dict(f"upd-{uuid.uuid4().hex[:6]}"), cli_queue)
     before = -1
     while True:  # let the first tasks (audit, search attributes) settle
         await asyncio.sleep(0.5)

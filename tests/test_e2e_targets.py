@@ -39,33 +39,12 @@ from tests import plans
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
 from tests.unleash_support import TOKEN, TOKEN_ENV, Unleash, read_back, unleash_server
 from worker.example_target import create_app, running
-from worker.main import build_worker
 
 WINDOW = "2s"
 SECRET_ENV = "ROLLOUT_E2E_WEBHOOK_SECRET"
 USERS = [f"user-{i}@example.com" for i in range(3000)]
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def queue(monkeypatch: pytest.MonkeyPatch, dev_env: WorkflowEnvironment) -> Iterator[str]:
-    """The CLI's environment: Temporal's own settings plus this test's task queue."""
-    q = f"e2e-targets-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("ROLLOUT_TASK_QUEUE", q)
-    monkeypatch.setenv("TEMPORAL_ADDRESS", dev_env.client.service_client.config.target_host)
-    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
-    monkeypatch.delenv("ROLLOUT_IDENTITY", raising=False)
-    yield q
-
-
-@pytest.fixture
-async def worker(dev_env: WorkflowEnvironment, queue: str, tmp_path: Path) -> AsyncIterator[AuditStore]:
-    store = AuditStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
-    await store.migrate()
-    async with build_worker(dev_env.client, store, queue=queue):
-        yield store
-    await store.close()
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +232,7 @@ class SignatureCheck:
 
 
 async def test_webhook_target_and_notifications_from_the_cli(
-    worker: AuditStore,
+    cli_worker: AuditStore,
     dev_env: WorkflowEnvironment,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -387,7 +366,7 @@ def about(users: set[str], percent: float) -> bool:
 
 
 async def test_file_target_evaluated_by_flagd_from_the_cli(
-    worker: AuditStore,
+    cli_worker: AuditStore,
     dev_env: WorkflowEnvironment,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -451,7 +430,7 @@ def strategy_of(env: dict[str, Any]) -> tuple[str, list[tuple[str, str, list[str
 
 
 async def test_unleash_target_from_the_cli(
-    worker: AuditStore,
+    cli_worker: AuditStore,
     dev_env: WorkflowEnvironment,
     unleash: Unleash,
     tmp_path: Path,

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,11 +42,8 @@ def prom(exporter: Exporter) -> Iterator[Prometheus]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AuditStore]:
-    st = AuditStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
-    await st.migrate()
-    yield st
-    await st.close()
+def store(sqlite_store: AuditStore) -> AuditStore:
+    return sqlite_store
 
 
 def plan_with(prom: Prometheus, case: str, window: str, **threshold: Any) -> dict[str, Any]:

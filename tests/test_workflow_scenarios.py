@@ -31,11 +31,8 @@ from worker.main import build_worker
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AuditStore]:
-    st = AuditStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'audit.db'}")
-    await st.migrate()
-    yield st
-    await st.close()
+def store(sqlite_store: AuditStore) -> AuditStore:
+    return sqlite_store
 
 
 HISTORIES = Path(__file__).parent / "histories"
