@@ -111,6 +111,8 @@ async def test_every_role_from_the_cli(
     code, _, _ = await cli("abort", name, "--reason", "business decision", "--as", OWNER, capsys=capsys)
     assert code == 0
     await wait_status(name, capsys, lambda s: s["status"] == "aborted" and s["exposure"]["percent"] == 0)
+    code, out, _ = await cli("watch", name, capsys=capsys)  # returns at a terminal status
+    assert code == 0 and "aborted" in out.splitlines()[-1]
     await asyncio.sleep(1.0)
     code, _, err = await cli("hold", name, "--reason", "x", "--as", RISK, capsys=capsys)
     assert code == 1 and ("closed" in err or "aborted" in err)

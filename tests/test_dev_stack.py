@@ -71,6 +71,25 @@ async def test_dev_starts_persists_and_stops_cleanly(tmp_path: Path) -> None:
         started = subprocess.run([ROLLOUT, "start", str(EXAMPLE), "--as", "alice@example.com"],
                                  capture_output=True, text=True, env=env)
         assert started.returncode == 0, started.stderr
+        # the stock `temporal` CLI sees the search attributes and can hold the rollout by signal
+        temporal = str(Path(sys.executable).parent / "temporal")
+        addr = ["--address", f"127.0.0.1:{ports['port']}"]
+        listed = subprocess.run([temporal, "workflow", "list", *addr, "--query",
+                                 "RolloutStatus='awaiting_approval' AND RolloutPlan='support-reply-agent'"],
+                                capture_output=True, text=True, env=env)
+        assert listed.returncode == 0 and "rollout-support-reply-agent" in listed.stdout, listed.stderr
+        sig = subprocess.run([temporal, "workflow", "signal", *addr, "--workflow-id", "rollout-support-reply-agent",
+                              "--name", "hold", "--input", '{"actor": "erin@example.com", "reason": "from the stock CLI"}'],
+                             capture_output=True, text=True, env=env)
+        assert sig.returncode == 0, sig.stderr
+        held = ""
+        for _ in range(50):
+            held = subprocess.run([temporal, "workflow", "list", *addr, "--query", "RolloutStatus='held'"],
+                                  capture_output=True, text=True, env=env).stdout
+            if "rollout-support-reply-agent" in held:
+                break
+            await asyncio.sleep(0.2)
+        assert "rollout-support-reply-agent" in held
         # a port in use is refused with a clear message, exit 2, nothing started
         clash = subprocess.run([ROLLOUT, "dev", "--port", str(ports["port"]), "--db", str(tmp_path / "x.db")],
                                capture_output=True, text=True, env=env, timeout=60)
@@ -87,7 +106,7 @@ async def test_dev_starts_persists_and_stops_cleanly(tmp_path: Path) -> None:
         listed = subprocess.run([ROLLOUT, "list", "--json"], capture_output=True, text=True, env=env)
         assert listed.returncode == 0 and "rollout-support-reply-agent" in listed.stdout
         status = subprocess.run([ROLLOUT, "status", "support-reply-agent"], capture_output=True, text=True, env=env)
-        assert status.returncode == 0 and "awaiting_approval" in status.stdout
+        assert status.returncode == 0 and "held" in status.stdout and "from the stock CLI" in status.stdout
     finally:
         assert _stop(proc) == 0
     assert _server_pids(db) == []
