@@ -155,3 +155,51 @@ async def test_rejected_update_leaves_no_history(
     await h.execute_update("abort", {"actor": OWNER, "reason": "done"})
     final = await h.result()
     assert final["status"] == "aborted"
+
+
+async def test_signed_approvals_and_amendment_from_the_cli(
+    cli_worker: AuditStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    key = tmp_path / "frank.key"
+    code, out, _ = await cli("keygen", "--out", str(key), "--json", capsys=capsys)
+    assert code == 0 and key.exists()
+    public = json.loads(out)["public_key"]
+    name = f"signed-{uuid.uuid4().hex[:6]}"
+    d = plans.plan_dict(name)
+    for st in d["stages"]:
+        st["window"] = "2s"
+    d["require_signed_approvals"] = True
+    d["public_keys"] = {i: public for members in d["approvers"].values() for i in members}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(d))
+    assert (await cli("start", str(path), "--as", OWNER, capsys=capsys))[0] == 0
+
+    code, _, err = await cli("approve", name, "--stage", "pilot", "--role", "engineering", "--as", ENG1, capsys=capsys)
+    assert code == 1 and "requires signed approvals" in err
+    code, _, _ = await cli("approve", name, "--stage", "pilot", "--role", "engineering", "--as", ENG1,
+                           "--key", str(key), capsys=capsys)
+    assert code == 0
+
+    # amendment: the rollout owner proposes, the awaited stage's roles approve it
+    await wait_status(name, capsys, lambda s: s["stage"] == "limited-25" and s["status"] == "awaiting_approval")
+    d["stages"][2]["window"] = "3s"
+    amended = tmp_path / "amended.yaml"
+    amended.write_text(yaml.safe_dump(d))
+    code, _, err = await cli("amend", name, str(amended), "--as", ENG1, capsys=capsys)
+    assert code == 1 and "only the rollout owner" in err
+    code, out, _ = await cli("amend", name, str(amended), "--as", OWNER, "--reason", "longer SoR window",
+                             "--json", capsys=capsys)
+    assert code == 0
+    new_hash = json.loads(out[out.index("{\n"):])["amendment"]
+    code, _, err = await cli("approve", name, "--amendment", new_hash, "--role", "engineering", "--as", ENG2,
+                             capsys=capsys)
+    assert code == 1 and "requires signed approvals" in err  # amendments are approved under the same rules
+    for role, who in (("engineering", ENG2), ("operations", OPS)):
+        code, _, _ = await cli("approve", name, "--amendment", new_hash, "--role", role, "--as", who,
+                               "--key", str(key), capsys=capsys)
+        assert code == 0
+    st = await wait_status(name, capsys, lambda s: s["plan_hash"] == new_hash)
+    assert st["pending_amendment"] is None
+    assert (await cli("abort", name, "--reason", "done", "--as", OWNER, capsys=capsys))[0] == 0

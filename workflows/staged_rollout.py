@@ -489,7 +489,10 @@ class StagedRollout:
             if not a.role:
                 return "an approval needs a role"
             given = {r: x.actor for r, x in pa.approvals.items()}
-            return policy.approval_refusal(plan, stage_index=s.stage_index, role=a.role, actor=a.actor, given=given)
+            if r := policy.approval_refusal(plan, stage_index=s.stage_index, role=a.role, actor=a.actor, given=given):
+                return r
+            msg = policy.approval_message(s.workflow_id, f"amendment:{pa.plan_hash}", a.role, s.plan_hash, a.actor)
+            return policy.signature_refusal(plan, msg, a.actor, a.signature)
         if not a.stage:
             return "an approval needs the stage it approves"
         idx = plan.stage_index(a.stage)

@@ -182,8 +182,8 @@ async def cmd_approve(args: argparse.Namespace) -> int:
         payload["stage"] = args.stage
     if args.key:
         st = await rc.status(client, args.id)
-        payload["signature"] = sign_approval(Path(args.key), st["workflow_id"], args.stage or "", args.role,
-                                             st["plan_hash"], actor)
+        signed = f"amendment:{args.amendment}" if args.amendment else args.stage
+        payload["signature"] = sign_approval(Path(args.key), st["workflow_id"], signed, args.role, st["plan_hash"], actor)
     result = await rc.act(client, args.id, "approve", payload)
     return _done(args, "approve", args.id, result)
 
