@@ -12,6 +12,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 
 from rollout.errors import ConnectionFailed, UsageError
 
@@ -34,11 +35,13 @@ def connect_config() -> dict[str, Any]:
     return cfg
 
 
-async def connect(identity: str | None = None) -> Client:
+async def connect(identity: str | None = None, runtime: Runtime | None = None) -> Client:
     """Connect with the pydantic data converter; ConnectionFailed (exit 3) if unreachable."""
     cfg = connect_config()
     if identity:
         cfg["identity"] = identity
+    if runtime is not None:
+        cfg["runtime"] = runtime
     try:
         return await Client.connect(**cfg, data_converter=pydantic_data_converter)
     except Exception as exc:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 
@@ -117,3 +118,45 @@ def test_unreachable_temporal_is_exit_3() -> None:
     r = subprocess.run([ROLLOUT, "status", "anything"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 3
     assert r.stderr.count("\n") == 1 and "cannot reach Temporal" in r.stderr
+
+
+async def test_rollout_worker_runs_a_rollout_and_serves_metrics(dev_env: Any, tmp_path: Path) -> None:
+    import httpx
+
+    from rollout import client as rc
+    from rollout.plan import load_plan
+
+    metrics = f"127.0.0.1:{free_port()}"
+    queue = f"worker-{os.getpid()}-{free_port()}"
+    env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+           "ROLLOUT_TASK_QUEUE": queue, "ROLLOUT_DB_URL": f"sqlite:///{tmp_path / 'audit.db'}"}
+    proc = subprocess.Popen([ROLLOUT, "worker", "--metrics-address", metrics], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        os.environ["ROLLOUT_TASK_QUEUE"] = queue
+        try:
+            plan = load_plan(EXAMPLE)
+            handle = await rc.start(dev_env.client, plan, workflow_id=f"rollout-{plan.name}-{free_port()}")
+        finally:
+            del os.environ["ROLLOUT_TASK_QUEUE"]
+        await rc.act(dev_env.client, handle.id, "approve",
+                     {"actor": "frank@example.com", "stage": "pilot", "role": "engineering"})
+        body = ""
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):
+                st = await rc.status(dev_env.client, handle.id)
+                if st["status"] == "soaking" and st["window_ends_at"]:
+                    try:
+                        body = (await http.get(f"http://{metrics}/metrics")).text
+                    except httpx.HTTPError:
+                        body = ""
+                    if "temporal_workflow_completed" in body or "temporal_activity_execution" in body:
+                        break
+                await asyncio.sleep(0.2)
+        assert queue in body and 'activity_type="apply_exposure"' in body, body[:500]
+        await rc.act(dev_env.client, handle.id, "abort", {"actor": "alice@example.com", "reason": "test"})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.audit import AuditActivities
@@ -54,9 +56,16 @@ def build_worker(
     )
 
 
-async def run_worker(stop: asyncio.Event | None = None) -> None:
+def metrics_runtime(address: str) -> Runtime:
+    """A Temporal runtime that serves the worker's metrics (task latencies, slots, polls,
+    activity and workflow counters) for Prometheus at http://<address>/metrics."""
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+
+
+async def run_worker(stop: asyncio.Event | None = None, metrics_address: str | None = None) -> None:
     """`rollout worker`: connect, migrate the audit store, run until SIGINT/SIGTERM."""
-    client = await connect(identity="rollout-worker")
+    runtime = metrics_runtime(metrics_address) if metrics_address else None
+    client = await connect(identity=f"rollout-worker@{socket.gethostname()}", runtime=runtime)
     store = AuditStore.from_env()
     await store.migrate()
     stop = stop or asyncio.Event()
@@ -64,7 +73,8 @@ async def run_worker(stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, store)
-    log.info("worker polling task queue %s", task_queue())
+    log.info("worker polling task queue %s%s", task_queue(),
+             f"; metrics on http://{metrics_address}/metrics" if metrics_address else "")
     try:
         async with worker:
             await stop.wait()

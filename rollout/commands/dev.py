@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=cmd_dev)
 
     p = sub.add_parser("worker", help="run the worker (workflow + activities) on task queue $ROLLOUT_TASK_QUEUE")
+    p.add_argument(
+        "--metrics-address",
+        default=os.environ.get("ROLLOUT_METRICS_ADDRESS"),
+        help="serve Prometheus metrics at HOST:PORT/metrics (default $ROLLOUT_METRICS_ADDRESS; off when unset)",
+    )
     p.set_defaults(handler=cmd_worker)
 
 
@@ -31,5 +37,5 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    await run_worker()
+    await run_worker(metrics_address=args.metrics_address)
     return 0
