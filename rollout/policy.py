@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from rollout.plan import LEVELS, Plan
+from rollout.plan import Plan
+from rollout.thresholds import ACTION_ORDER, COVERAGE_MIN, stricter
 
-ACTIONS = ("hold", "narrow", "rollback")  # least to most strict
+ACTIONS: tuple[str, ...] = tuple(ACTION_ORDER)  # least to most strict
 
-
-def stricter(a: str, b: str) -> str:
-    """The stricter of two containment actions (hold < narrow < rollback)."""
-    return a if ACTIONS.index(a) >= ACTIONS.index(b) else b
+__all__ = ["ACTIONS", "stricter"]
 
 
 def is_stricter(candidate: str, than: str) -> bool:
@@ -53,12 +51,6 @@ def may_own(plan: Plan, actor: str, what: str) -> str | None:
     if actor == plan.owners.rollout:
         return None
     return f"only the rollout owner ({plan.owners.rollout}) may {what}, not {actor}"
-
-
-@dataclass(frozen=True)
-class GivenApproval:
-    role: str
-    actor: str
 
 
 def approval_refusal(
@@ -199,7 +191,7 @@ def next_stage(plan: Plan, index: int) -> int | None:
     return index + 1 if index + 1 < len(plan.stages) else None
 
 
-def coverage_ok(coverage: Mapping[str, float], minimum: float = 0.9) -> bool:
+def coverage_ok(coverage: Mapping[str, float], minimum: float = COVERAGE_MIN) -> bool:
     return all(v >= minimum - 1e-9 for v in coverage.values())
 
 
@@ -214,10 +206,6 @@ def amendment_refusal(current: Plan, new: Plan, entered: list[int]) -> str | Non
             if new.stages[i].model_dump() != current.stages[i].model_dump():
                 return f"stage '{current.stages[i].name}' was already entered and may not change"
     return None
-
-
-def level_index(level: str) -> int:
-    return LEVELS.index(level)
 
 
 # ---- signed approvals ------------------------------------------------------------------

@@ -37,9 +37,11 @@ from starlette.routing import Route
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from rollout.thresholds import ACTION_ORDER
+
 log = logging.getLogger("rollout.receiver")
 
-ACTIONS = ("hold", "narrow", "rollback")
+ACTIONS = ACTION_ORDER
 RPC_TIMEOUT = timedelta(seconds=10)
 MAX_LABEL = 255
 
