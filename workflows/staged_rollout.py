@@ -211,8 +211,10 @@ class StagedRollout:
             "window_started_at": _iso(s.window_started_at) if s.status == "soaking" else None,
             "window_ends_at": _iso(s.window_ends_at) if s.status == "soaking" else None,
             "window_coverage": s.window_coverage,
+            "exposure_clean": s.exposure_clean,  # the exposed stage soaked a full clean window since entry/resume
             "approvals": {
                 "stage": stage.name,
+                "awaiting_since": _iso(s.awaiting_since) if self._awaited() is not None else None,
                 "given": {r: a.model_dump(mode="json") for r, a in given.items()},
                 "missing": [r for r in stage.approvals.roles if r not in given],
             },
