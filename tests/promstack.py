@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -198,3 +198,23 @@ class Alertmanager(_Process):
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
+
+
+def running_exporter() -> Iterator[Exporter]:
+    """Body of a module fixture: an exporter, closed afterwards."""
+    exp = Exporter()
+    try:
+        yield exp
+    finally:
+        exp.close()
+
+
+def ready_prometheus(exporter: Exporter, **kwargs: Any) -> Iterator[Prometheus]:
+    """Body of a module fixture: a Prometheus that has scraped `exporter` once, stopped afterwards."""
+    exporter.set("ready", 1.0)
+    p = Prometheus([exporter.target], **kwargs)
+    try:
+        p.wait_for_value('rollout_test_error_rate{case="ready"}', lambda v: v == 1.0, timeout=30)
+        yield p
+    finally:
+        p.close()

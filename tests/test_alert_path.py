@@ -27,7 +27,7 @@ from temporalio.worker import Worker
 
 from activities.audit_store import AuditStore
 from rollout.plan import validate_plan_data
-from tests.promstack import Alertmanager, Exporter, Prometheus, free_port
+from tests.promstack import Alertmanager, Exporter, Prometheus, free_port, running_exporter
 from worker.main import build_worker
 from worker.receiver import serve
 from workflows.messages import RolloutInput
@@ -60,11 +60,7 @@ def plan_for(name: str, prom_url: str, thresholds: list[dict[str, Any]]) -> dict
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[Exporter]:
-    exp = Exporter()
-    try:
-        yield exp
-    finally:
-        exp.close()
+    yield from running_exporter()
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from openfeature import api
 from openfeature.client import OpenFeatureClient
-from openfeature.contrib.provider.flagd import FlagdProvider
-from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -36,6 +33,7 @@ from activities.audit_store import AuditStore
 from activities.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignatureError, sign, verify_signature
 from rollout.cli import main
 from tests import plans
+from tests.flagd_support import flagd_clients
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
 from tests.unleash_support import TOKEN, TOKEN_ENV, Unleash, read_back, unleash_server
 from worker.example_target import create_app, running
@@ -55,21 +53,7 @@ async def unleash(pg_url: str) -> AsyncIterator[Unleash]:
 
 @pytest.fixture
 def flagd() -> Iterator[Callable[[Path], OpenFeatureClient]]:
-    """Starts flagd in-process providers reading a flag file; shuts them down after."""
-    providers: list[FlagdProvider] = []
-
-    def start(path: Path) -> OpenFeatureClient:
-        provider = FlagdProvider(
-            resolver_type=ResolverType.IN_PROCESS, offline_flag_source_path=str(path), deadline_ms=100
-        )
-        providers.append(provider)
-        domain = f"e2e-file-{uuid.uuid4().hex[:8]}"
-        api.set_provider_and_wait(provider, domain)
-        return api.get_client(domain)
-
-    yield start
-    for provider in providers:
-        provider.shutdown()
+    yield from flagd_clients("e2e-file")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.audit_store import AuditStore
 from tests import plans
 from tests.plans import ENG1
-from tests.promstack import Exporter, Prometheus
+from tests.promstack import Exporter, Prometheus, ready_prometheus, running_exporter
 from tests.wfkit import signal, start, wait_for
 from worker.main import build_worker
 
@@ -27,18 +27,12 @@ INTERVAL = 1.0
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[Exporter]:
-    exp = Exporter()
-    yield exp
-    exp.close()
+    yield from running_exporter()
 
 
 @pytest.fixture(scope="module")
 def prom(exporter: Exporter) -> Iterator[Prometheus]:
-    exporter.set("warmup", 0.0)
-    p = Prometheus([exporter.target])
-    p.wait_for_value('rollout_test_error_rate{case="warmup"}', lambda v: v == 0.0)
-    yield p
-    p.close()
+    yield from ready_prometheus(exporter)
 
 
 @pytest.fixture

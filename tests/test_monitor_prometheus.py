@@ -19,41 +19,25 @@ from temporalio.testing import ActivityEnvironment
 from activities.monitor import MonitorProgress, monitor_thresholds
 from rollout.models import MonitorRequest, MonitorResult
 from rollout.plan import Threshold
-from tests.promstack import Exporter, Prometheus
+from tests.promstack import Exporter, Prometheus, ready_prometheus, running_exporter
 
 SCRAPE = 1.0  # Prometheus scrape interval in these tests
 
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[Exporter]:
-    exp = Exporter()
-    try:
-        yield exp
-    finally:
-        exp.close()
+    yield from running_exporter()
 
 
 @pytest.fixture(scope="module")
 def prom(exporter: Exporter) -> Iterator[Prometheus]:
-    exporter.set("ready", 1.0)
-    p = Prometheus([exporter.target])
-    try:
-        p.wait_for_value('rollout_test_error_rate{case="ready"}', lambda v: v == 1.0, timeout=30)
-        yield p
-    finally:
-        p.close()
+    yield from ready_prometheus(exporter)
 
 
 @pytest.fixture(scope="module")
 def flaky_prom(exporter: Exporter) -> Iterator[Prometheus]:
     """A second Prometheus that tests stop and start."""
-    exporter.set("ready", 1.0)
-    p = Prometheus([exporter.target])
-    try:
-        p.wait_for_value('rollout_test_error_rate{case="ready"}', lambda v: v == 1.0, timeout=30)
-        yield p
-    finally:
-        p.close()
+    yield from ready_prometheus(exporter)
 
 
 def q(case: str) -> str:

@@ -11,23 +11,20 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from openfeature import api
 from openfeature.client import OpenFeatureClient
-from openfeature.contrib.provider.flagd import FlagdProvider
-from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 from temporalio.testing import ActivityEnvironment
 
 from activities.targets import apply_exposure
 from activities.targets.file import write_atomically
 from rollout.models import TargetChange
+from tests.flagd_support import flagd_clients
 
 FLAG = "support-agent"
 USERS = [f"user-{i}@example.com" for i in range(4000)]
@@ -69,21 +66,7 @@ async def apply(c: TargetChange) -> str:
 
 @pytest.fixture
 def flagd() -> Iterator[Callable[[Path], OpenFeatureClient]]:
-    """Starts a flagd in-process provider watching a flag file; shuts it down after."""
-    providers: list[FlagdProvider] = []
-
-    def start(path: Path) -> OpenFeatureClient:
-        provider = FlagdProvider(
-            resolver_type=ResolverType.IN_PROCESS, offline_flag_source_path=str(path), deadline_ms=100
-        )
-        providers.append(provider)
-        domain = f"file-target-{uuid.uuid4().hex[:8]}"
-        api.set_provider_and_wait(provider, domain)
-        return api.get_client(domain)
-
-    yield start
-    for provider in providers:
-        provider.shutdown()
+    yield from flagd_clients("file-target")
 
 
 def ctx(user: str, segment: str | None) -> EvaluationContext:
