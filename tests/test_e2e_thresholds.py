@@ -40,6 +40,14 @@ def store(sqlite_store: AuditStore) -> AuditStore:
     return sqlite_store
 
 
+def new_case(exporter: Exporter, prom: Prometheus, value: float) -> str:
+    """A fresh error-rate series at `value`, once Prometheus has scraped it."""
+    case = uuid.uuid4().hex[:6]
+    exporter.set(case, value)
+    prom.wait_for_value(f'rollout_test_error_rate{{case="{case}"}}', lambda v: v == value)
+    return case
+
+
 def plan_with(prom: Prometheus, case: str, window: str, **threshold: Any) -> dict[str, Any]:
     d = plans.plan_dict(f"e2e-{uuid.uuid4().hex[:6]}")
     d["metrics"] = {"prometheus_url": prom.url, "interval": f"{INTERVAL:g}s"}
@@ -61,9 +69,7 @@ def plan_with(prom: Prometheus, case: str, window: str, **threshold: Any) -> dic
 async def test_threshold_breach_holds_within_two_intervals(
     dev_env: WorkflowEnvironment, prom: Prometheus, exporter: Exporter, store: AuditStore
 ) -> None:
-    case = uuid.uuid4().hex[:6]
-    exporter.set(case, 0.01)
-    prom.wait_for_value(f'rollout_test_error_rate{{case="{case}"}}', lambda v: v == 0.01)
+    case = new_case(exporter, prom, 0.01)
     queue = f"e2e-{case}"
     async with build_worker(dev_env.client, store, queue=queue):
         h = await start(dev_env.client, plan_with(prom, case, "10m"), queue)
@@ -87,9 +93,7 @@ async def test_threshold_breach_holds_within_two_intervals(
 async def test_worker_restart_mid_window_then_breach_still_holds(
     dev_env: WorkflowEnvironment, prom: Prometheus, exporter: Exporter, store: AuditStore
 ) -> None:
-    case = uuid.uuid4().hex[:6]
-    exporter.set(case, 0.0)
-    prom.wait_for_value(f'rollout_test_error_rate{{case="{case}"}}', lambda v: v == 0.0)
+    case = new_case(exporter, prom, 0.0)
     queue = f"e2e-{case}"
     async with build_worker(dev_env.client, store, queue=queue):
         h = await start(dev_env.client, plan_with(prom, case, "10m"), queue)
@@ -121,9 +125,7 @@ async def test_missing_data_never_promotes(
 async def test_clean_window_with_data_promotes(
     dev_env: WorkflowEnvironment, prom: Prometheus, exporter: Exporter, store: AuditStore
 ) -> None:
-    case = uuid.uuid4().hex[:6]
-    exporter.set(case, 0.0)
-    prom.wait_for_value(f'rollout_test_error_rate{{case="{case}"}}', lambda v: v == 0.0)
+    case = new_case(exporter, prom, 0.0)
     queue = f"e2e-{case}"
     async with build_worker(dev_env.client, store, queue=queue):
         h = await start(dev_env.client, plan_with(prom, case, "5s"), queue)
