@@ -20,14 +20,15 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
-	$(BIN)/mypy rollout workflows activities worker
+	$(BIN)/mypy rollout workflows activities worker cli
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy rollout workflows activities worker
+	$(BIN)/mypy rollout workflows activities worker cli
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -43,11 +43,11 @@ from bench.common import (
     summary_ms,
     tool_path,
 )
-from rollout import client as rollout_client
-from rollout import search_attrs
 from rollout.plan import validate_plan_data
 from tests import plans
+from worker import client as rollout_client
 from worker.main import build_worker
+from workflows import search_attrs
 
 POLL = 0.01  # seconds between status queries while waiting for `soaking`
 
@@ -114,7 +114,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     try:
         await store.migrate()
         queue = f"bench-{uuid.uuid4().hex[:8]}"
-        os.environ["ROLLOUT_TASK_QUEUE"] = queue  # rollout.client.start uses it
+        os.environ["ROLLOUT_TASK_QUEUE"] = queue  # worker.client.start uses it
         client: Client = env.client
         run = uuid.uuid4().hex[:6]
         async with build_worker(client, store, queue=queue):

@@ -19,7 +19,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 
-from rollout import search_attrs
+from workflows import search_attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 

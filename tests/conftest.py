@@ -18,7 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit_store import AuditStore
-from rollout import search_attrs
+from workflows import search_attrs
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent

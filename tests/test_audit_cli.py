@@ -13,8 +13,8 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit_store import AuditStore
-from rollout.cli import main
-from rollout.commands.audit import parse_since
+from cli.commands.audit import parse_since
+from cli.main import main
 from tests.audit_support import make_events, scenario_events, store_url_for, tamper
 from tests.test_audit_activity import AuditTestWorkflow, Spec, _worker
 

@@ -16,8 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.audit_store import AuditStore
 from activities.history_trail import read_history_trail
+from cli.main import main
 from rollout.audit_report import render_json, render_markdown
-from rollout.cli import main
 from tests import plans
 from tests.audit_support import store_url_for
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.cli import main
+from cli.main import main
 from rollout.errors import PlanError
 from rollout.plan import Threshold, load_plan, parse_plan
 from rollout.render import (

@@ -13,7 +13,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit_store import AuditStore
-from rollout.cli import main
+from cli.main import main
 from tests import plans
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
 

@@ -123,8 +123,8 @@ def test_unreachable_temporal_is_exit_3() -> None:
 async def test_rollout_worker_runs_a_rollout_and_serves_metrics(dev_env: Any, tmp_path: Path) -> None:
     import httpx
 
-    from rollout import client as rc
     from rollout.plan import load_plan
+    from worker import client as rc
 
     metrics = f"127.0.0.1:{free_port()}"
     queue = f"worker-{os.getpid()}-{free_port()}"

@@ -1,7 +1,7 @@
 """End to end from the CLI to real targets: a signed webhook receiver, a flagd file, Unleash.
 
 Each scenario starts a rollout with `rollout start`, drives it with the CLI's approvals,
-handoffs, holds, resumes and rollbacks (`rollout.cli.main` in a thread, as a person
+handoffs, holds, resumes and rollbacks (`cli.main.main` in a thread, as a person
 would), against a real Temporal dev server and a worker from `build_worker`, with 2s
 windows. Then it reads the target back the way its consumers do: the example webhook
 receiver's applied changes and notifications, the OpenFeature flagd in-process provider
@@ -31,7 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.audit_store import AuditStore
 from activities.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignatureError, sign, verify_signature
-from rollout.cli import main
+from cli.main import main
 from tests import plans
 from tests.flagd_support import flagd_clients
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK

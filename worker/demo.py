@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from rollout import client as rc
 from rollout.errors import RefusedError
 from rollout.plan import load_plan, validate_plan_data
 from rollout.status_view import status_line
+from worker import client as rc
 from worker.devstack import embedded_stack, free_port
 from worker.example_target import create_app, running
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from rollout import search_attrs
 from rollout.errors import ConnectionFailed, UsageError
+from workflows import search_attrs
 
 
 def state_dir() -> Path:

@@ -18,7 +18,7 @@ from activities.audit_store import AuditStore
 from activities.monitor import monitor_thresholds
 from activities.notify import send_notifications
 from activities.targets import apply_exposure
-from rollout.connect import connect, task_queue
+from worker.connect import connect, task_queue
 from workflows.staged_rollout import StagedRollout
 
 log = logging.getLogger("rollout.worker")

@@ -17,7 +17,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from rollout import policy, search_attrs
+    from rollout import policy
     from rollout.durations import parse_duration
     from rollout.errors import PlanError
     from rollout.models import (
@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         TargetResult,
     )
     from rollout.plan import Plan, validate_plan_data
+    from workflows import search_attrs
     from workflows.messages import ActionInput, BreachReport, RolloutInput
     from workflows.state import (
         AckRecord,

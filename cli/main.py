@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rollout", description="Staged rollout controller")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    from rollout.commands import REGISTRARS
+    from cli.commands import REGISTRARS
 
     for register in REGISTRARS:
         register(sub)

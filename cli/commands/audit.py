@@ -162,7 +162,7 @@ async def _verify(args: argparse.Namespace, rollout_id: str | None) -> int:
 
 async def _rebuild(args: argparse.Namespace, rollout_id: str) -> int:
     from activities.history_trail import rebuild_from_history
-    from rollout.connect import connect
+    from worker.connect import connect
 
     client = await connect()
     store = _open_store(args)
@@ -196,7 +196,7 @@ async def _rebuild(args: argparse.Namespace, rollout_id: str) -> int:
 async def _from_temporal(rollout_id: str, required: bool) -> tuple[list[AuditEvent], bool] | None:
     """(events, complete) from Temporal history; None when unknown or (auto) unreachable."""
     from activities.history_trail import read_history_trail
-    from rollout.connect import connect
+    from worker.connect import connect
 
     try:
         client = await connect()

@@ -24,10 +24,10 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from rollout import search_attrs
-from rollout.connect import WORKFLOW_TYPE, task_queue
 from rollout.errors import ConnectionFailed, NotFoundError, RefusedError
 from rollout.plan import Plan, workflow_id_for
+from worker.connect import WORKFLOW_TYPE, task_queue
+from workflows import search_attrs
 
 ACTIONS = ("approve", "reject", "hold", "resume", "rollback", "acknowledge", "amend", "abort")
 

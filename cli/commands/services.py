@@ -36,7 +36,7 @@ async def _receiver(args: argparse.Namespace) -> int:
         raise UsageError(f"{TOKEN_ENV} is not set; the receiver refuses to run without a bearer token")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port} is not a TCP port")
-    from rollout.connect import connect
+    from worker.connect import connect
     from worker.receiver import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from rollout.commands.common import add_json, print_json
+from cli.commands.common import add_json, print_json
 from rollout.errors import PlanError
 from rollout.plan import load_plan
 from rollout.render import render_plan_markdown

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rollout import client as rc
-from rollout.commands.common import actor_of, add_actor, add_json, print_json
-from rollout.connect import connect
+from cli.commands.common import actor_of, add_actor, add_json, print_json
 from rollout.errors import RefusedError, UsageError
 from rollout.plan import load_plan
 from rollout.policy import approval_message
 from rollout.status_view import render_status, status_line
+from worker import client as rc
+from worker.connect import connect
 
 TERMINAL = ("completed", "aborted")
 

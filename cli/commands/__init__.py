@@ -20,9 +20,9 @@ def _load() -> list[Registrar]:
     out: list[Registrar] = []
     for name in _MODULES:
         try:
-            mod = importlib.import_module(f"rollout.commands.{name}")
+            mod = importlib.import_module(f"cli.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"rollout.commands.{name}":
+            if exc.name == f"cli.commands.{name}":
                 continue  # command group not built yet
             raise
         out.append(mod.register)
