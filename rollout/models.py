@@ -148,3 +148,13 @@ class AuditEvent(BaseModel):
 
 class AuditBatch(BaseModel):
     events: list[AuditEvent]
+
+
+class AuditHead(BaseModel):
+    """The head of a rollout's audit chain after a batch: kept in the workflow's history
+    and `status.audit_head`, signed by the worker's Ed25519 key when it has one."""
+
+    seq: int
+    hash: str
+    signature: str | None = None  # base64 Ed25519 signature over the head message
+    key_id: str | None = None  # identifies the signing key (e.g. a fingerprint of its public half)
