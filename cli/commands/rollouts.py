@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from cli.commands.common import actor_of, add_actor, add_json, print_json
+from cli.signing import sign_payload
 from rollout.errors import RefusedError, UsageError
 from rollout.plan import load_plan
-from rollout.policy import approval_message
 from rollout.status_view import render_status, status_line
 from worker import client as rc
 from worker.connect import connect
@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     g.add_argument("--item")
     g.add_argument("--escalation", action="store_true")
     p.add_argument("--stage", help="stage of the handoff item (default: the latest entered stage with it)")
+    p.add_argument("--key", help="Ed25519 private key file (rollout keygen) when the plan requires signatures")
     add_actor(p)
     add_json(p)
     p.set_defaults(handler=cmd_ack)
@@ -181,9 +182,7 @@ async def cmd_approve(args: argparse.Namespace) -> int:
     else:
         payload["stage"] = args.stage
     if args.key:
-        st = await rc.status(client, args.id)
-        signed = f"amendment:{args.amendment}" if args.amendment else args.stage
-        payload["signature"] = sign_approval(Path(args.key), st["workflow_id"], signed, args.role, st["plan_hash"], actor)
+        payload = await sign_payload(client, args.id, "approve", payload, Path(args.key))
     result = await rc.act(client, args.id, "approve", payload)
     return _done(args, "approve", args.id, result)
 
@@ -208,6 +207,8 @@ async def cmd_ack(args: argparse.Namespace) -> int:
         if args.stage:
             payload["stage"] = args.stage
     client = await connect(identity=actor)
+    if args.key and not args.escalation:
+        payload = await sign_payload(client, args.id, "acknowledge", payload, Path(args.key))
     result = await rc.act(client, args.id, "acknowledge", payload)
     return _done(args, "ack", args.id, result)
 
@@ -224,18 +225,6 @@ async def cmd_amend(args: argparse.Namespace) -> int:
         print(f"amendment {plan.plan_hash()} proposed; approve it with:")
         print(f"  rollout approve {args.id} --amendment {plan.plan_hash()} --role ROLE --as IDENTITY")
     return 0
-
-
-def sign_approval(key_file: Path, workflow_id: str, stage: str, role: str, plan_hash: str, actor: str) -> str:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    try:
-        raw = base64.b64decode(key_file.read_text().strip())
-        key = Ed25519PrivateKey.from_private_bytes(raw)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read private key {key_file}: {exc}") from None
-    sig = key.sign(approval_message(workflow_id, stage, role, plan_hash, actor))
-    return base64.b64encode(sig).decode()
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
