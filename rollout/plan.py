@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,11 +36,16 @@ LEVELS = ("forbid", "review", "auto")  # strictest first
 OWNER_KEYS = ("rollout", "workflow", "incident_response")
 
 
+MAX_DURATION = timedelta(days=365)
+
+
 def _check_duration(v: str) -> str:
     try:
-        parse_duration(v)
+        d = parse_duration(v)
     except OverflowError:  # e.g. '99999999999999d': beyond what a timedelta can hold
-        raise ValueError(f"duration {v!r} is too long") from None
+        raise ValueError(f"duration {v!r} is too long: at most 365d") from None
+    if d > MAX_DURATION:
+        raise ValueError(f"duration {v!r} is too long: at most 365d")
     return v
 
 
@@ -322,6 +328,14 @@ def semantic_problems(plan: Plan) -> list[Problem]:
             if t.name in names:
                 problems.append((("stages", i, "thresholds", j, "name"), f"duplicate threshold name '{t.name}'"))
             names.add(t.name)
+        if plan.metrics is not None and parse_duration(s.window) < parse_duration(plan.metrics.interval):
+            problems.append(
+                (
+                    ("stages", i, "window"),
+                    f"window {s.window} is shorter than metrics.interval ({plan.metrics.interval}): "
+                    "a window must last at least one evaluation",
+                )
+            )
         if s.thresholds and plan.metrics is None:
             problems.append(
                 (("stages", i, "thresholds"), "thresholds need 'metrics.prometheus_url' to be evaluated")
