@@ -1,4 +1,4 @@
-"""`rollout plan validate FILE` and `rollout plan show FILE`: offline, no Temporal needed."""
+"""`rollout plan validate FILE`, `rollout plan show FILE`, `rollout plan rules FILE...`: offline, no Temporal needed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from cli.commands.common import add_json, print_json
+from rollout.alert_rules import render_rules
 from rollout.errors import PlanError
 from rollout.plan import load_plan
 from rollout.render import render_plan_markdown
@@ -36,6 +37,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     add_json(show)
     show.set_defaults(handler=cmd_show)
 
+    rules = sub.add_parser(
+        "rules",
+        help="print Prometheus alerting rules generated from the plan's thresholds",
+        description=(
+            "Print a Prometheus rule file: one alert per stage and threshold (labels rollout, stage, "
+            "threshold; `for` = for x metrics.interval) that fires only while that stage is exposed "
+            "(rollout_exposure_info, exported by the worker), plus a no-data alert for on_no_data "
+            "breach or hold. Several plans give one file."
+        ),
+    )
+    rules.add_argument("files", metavar="FILE", nargs="+", help="plan YAML file(s)")
+    rules.set_defaults(handler=cmd_rules)
+
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
@@ -62,4 +76,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print_json({"plan_hash": plan.plan_hash(), "plan": json.loads(plan.canonical_json())})
     else:
         sys.stdout.write(render_plan_markdown(plan))
+    return 0
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    plans = [load_plan(f) for f in args.files]
+    sys.stdout.write(render_rules(plans, sources=args.files))
     return 0
