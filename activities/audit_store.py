@@ -1,6 +1,6 @@
 """The audit store: append-only, hash-chained rows, one chain per rollout.
 
-SQLite file by default (`${ROLLOUT_STATE_DIR:-.state}/audit.db`), PostgreSQL via
+SQLite file by default (`audit.db` in the state directory, rollout.statedir), PostgreSQL via
 `ROLLOUT_DB_URL` (`postgresql+asyncpg://user@host:5432/db`; `postgresql://` and
 `postgres://` mean the same). The schema is created and upgraded by Alembic
 migrations in `activities/migrations/` (run by `migrate()`, and lazily on first use).
@@ -18,37 +18,57 @@ tamper on purpose (tests, drills), PostgreSQL needs a superuser session with
 `SET session_replication_role = replica` (ordinary triggers do not fire then);
 SQLite needs `DROP TRIGGER audit_events_no_update` / `audit_events_no_delete`.
 
-What the chain alone cannot show: someone who rewrites the chain from some row
-to the end (recomputing every hash), or who deletes the newest rows. Temporal
-history is the primary record: `rollout audit rebuild ID` compares the store
-with it while the rollout is still in Temporal.
+The chain alone cannot show someone who rewrites it from some row to the end
+(recomputing every hash), or who deletes the newest rows. So the chain is anchored
+outside the database: after each batch `record_head()` stores the head (seq and
+row_hash of the batch's last row) in `audit_heads`, signed by the worker's Ed25519
+key (`ROLLOUT_AUDIT_KEY`, a private key file as `rollout keygen --out` writes it),
+and the `record_audit` activity returns it to the workflow, which keeps it in its
+history and `status.audit_head`. `verify()` checks rows and chain, each stored
+head's signature against the public half (`ROLLOUT_AUDIT_PUBLIC_KEY`, a file or
+the base64 value) and each head against the rows, and, when given (from Temporal
+history), the head the workflow holds and the events it recorded. Each fault is
+named with its kind (`FAULT_KINDS`) and the first sequence it touches.
+
+The signed message of a head is `rollout-audit-head:v1\n` followed by the
+canonical JSON of `[rollout_id, seq, hash]`; `key_id` is the first 16 hex digits
+of the SHA-256 of the raw public key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import bisect
 import hashlib
 import itertools
+import json
 import math
 import os
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from rollout.models import AuditEvent
+from rollout.models import AuditEvent, AuditHead
 from rollout.plan import canonical_json
+from rollout.statedir import state_dir_from
 
 GENESIS_HASH = "0" * 64
 TABLE_NAME = "audit_events"
+HEADS_TABLE = "audit_heads"
 VERSION_TABLE = "rollout_audit_alembic_version"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -72,6 +92,19 @@ audit_events = sa.Table(
     sa.Column("row_hash", sa.String(64), nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("rollout_id", "seq", name="uq_audit_events_rollout_seq"),
+)
+audit_heads = sa.Table(
+    HEADS_TABLE,
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("rollout_id", sa.String(255), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("signature", sa.Text()),
+    sa.Column("key_id", sa.String(64)),
+    sa.Column("run_id", sa.String(255)),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("rollout_id", "seq", name="uq_audit_heads_rollout_seq"),
 )
 
 
@@ -166,6 +199,162 @@ def event_diff(a: AuditEvent, b: AuditEvent) -> list[str]:
     return [k for k in fa if canonical_json(fa[k]) != canonical_json(fb[k])]
 
 
+# ---- heads: the chain anchored outside the database -----------------------------------
+
+HEAD_MESSAGE_VERSION = b"rollout-audit-head:v1\n"
+AUDIT_KEY_ENV = "ROLLOUT_AUDIT_KEY"
+AUDIT_PUBLIC_KEY_ENV = "ROLLOUT_AUDIT_PUBLIC_KEY"
+
+
+class AuditKeyError(AuditStoreError):
+    """A signing or verifying key that cannot be read."""
+
+
+def head_message(rollout_id: str, seq: int, head_hash: str) -> bytes:
+    """The exact bytes a head's signature covers (see the module docstring)."""
+    return HEAD_MESSAGE_VERSION + canonical_json([rollout_id, seq, head_hash]).encode()
+
+
+def key_id_for(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _key_text(value: str) -> str:
+    """The key material in `value`: a file's content when `value` names a file."""
+    text = value.strip()
+    if text and "\n" not in text and len(text) < 4096:
+        path = Path(text).expanduser()
+        try:
+            if path.is_file():
+                return path.read_text().strip()
+        except OSError as exc:
+            raise AuditKeyError(f"cannot read key file {text}: {exc}") from None
+    return text
+
+
+def load_private_key(path: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a file: base64 raw (as `rollout keygen --out` writes) or PEM."""
+    try:
+        text = Path(path).expanduser().read_text().strip()
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read the audit signing key {path}: {exc}") from None
+    try:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError("not an Ed25519 key")
+            return key
+        return Ed25519PrivateKey.from_private_bytes(base64.b64decode(text, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise AuditKeyError(f"{path} is not an Ed25519 private key (rollout keygen --out FILE): {exc}") from None
+
+
+def load_public_key(value: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from a value or a file holding it: base64 raw, the
+    `public_key: ...` line or JSON `rollout keygen` prints, or PEM."""
+    text = _key_text(value)
+    try:
+        if text.startswith("{"):
+            text = str(json.loads(text)["public_key"]).strip()
+        elif text.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode())
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError("not an Ed25519 key")
+            return key
+        if text.startswith("public_key:"):
+            text = text.split(":", 1)[1].split()[0]
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(text.split()[0], validate=True))
+    except (ValueError, KeyError, IndexError, binascii.Error) as exc:
+        raise AuditKeyError(f"not an Ed25519 public key (base64, as `rollout keygen` prints it): {exc}") from None
+
+
+@dataclass(frozen=True)
+class HeadSigner:
+    """The worker's signing key for heads."""
+
+    key: Ed25519PrivateKey
+    key_id: str
+
+    @classmethod
+    def from_file(cls, path: str) -> HeadSigner:
+        key = load_private_key(path)
+        return cls(key, key_id_for(key.public_key()))
+
+    @classmethod
+    def from_env(cls) -> HeadSigner | None:
+        """The key named by ROLLOUT_AUDIT_KEY; None (unsigned heads) when it is not set."""
+        path = os.environ.get(AUDIT_KEY_ENV)
+        return cls.from_file(path) if path else None
+
+    def sign(self, rollout_id: str, seq: int, head_hash: str) -> AuditHead:
+        sig = self.key.sign(head_message(rollout_id, seq, head_hash))
+        return AuditHead(seq=seq, hash=head_hash, signature=base64.b64encode(sig).decode(), key_id=self.key_id)
+
+
+@dataclass(frozen=True)
+class HeadKey:
+    """The public half `verify` checks heads with."""
+
+    public: Ed25519PublicKey
+    key_id: str
+
+    @classmethod
+    def from_value(cls, value: str) -> HeadKey:
+        public = load_public_key(value)
+        return cls(public, key_id_for(public))
+
+    @classmethod
+    def from_env(cls) -> HeadKey | None:
+        value = os.environ.get(AUDIT_PUBLIC_KEY_ENV)
+        return cls.from_value(value) if value else None
+
+    def fault(self, rollout_id: str, head: AuditHead) -> tuple[str, str] | None:
+        """(kind, detail) when `head` is not signed by this key, else None."""
+        if not head.signature:
+            return "unsigned_head", "the head is not signed (a worker without ROLLOUT_AUDIT_KEY, or a replaced head)"
+        if head.key_id and head.key_id != self.key_id:
+            return "wrong_key", f"the head is signed by another key (key id {head.key_id}, expected {self.key_id})"
+        try:
+            self.public.verify(base64.b64decode(head.signature, validate=True), head_message(rollout_id, head.seq, head.hash))
+        except (InvalidSignature, ValueError, binascii.Error):
+            if not head.key_id:
+                return "wrong_key", f"the head's signature does not verify with key {self.key_id} (signed by another key?)"
+            return "bad_signature", "the head's signature does not verify (the head was forged or edited)"
+        return None
+
+
+@dataclass(frozen=True)
+class StoredHead:
+    rollout_id: str
+    head: AuditHead
+    run_id: str | None = None
+    recorded_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "record": "head",
+            "rollout_id": self.rollout_id,
+            "seq": self.head.seq,
+            "hash": self.head.hash,
+            "signature": self.head.signature,
+            "key_id": self.head.key_id,
+            "run_id": self.run_id,
+            "recorded_at": _format_at(self.recorded_at) if self.recorded_at else None,
+        }
+
+
+@dataclass
+class Anchor:
+    """What Temporal history says of a rollout's trail: the head the workflow holds
+    (the latest `record_audit` result) and the events it recorded (seq -> content hash)."""
+
+    head: AuditHead | None = None
+    events: dict[int, str] = field(default_factory=dict)
+    seq_runs: dict[int, str] = field(default_factory=dict)  # seq -> run id that recorded it
+    complete: bool = True
+
+
 # ---- results ---------------------------------------------------------------------------
 
 
@@ -189,29 +378,63 @@ class AuditRow:
         return data
 
 
+FAULT_KINDS: dict[str, str] = {
+    "edited_row": "a row's content no longer matches its hash",
+    "deleted_row": "rows are missing from the chain",
+    "truncated_run": "every row of a run is missing",
+    "moved_row": "a row is out of sequence or its link to the row before it is broken",
+    "recomputed_chain": "rows rewritten and their hashes recomputed: the chain no longer matches a head the workflow or the key vouched for",
+    "wrong_key": "a head signed by another key",
+    "bad_signature": "a head whose signature does not verify",
+    "unsigned_head": "a head without a signature while a public key is configured",
+}
+
+
 @dataclass(frozen=True)
 class BrokenRow:
     rollout_id: str
-    seq: int  # the seq where the chain breaks (for a gap: the first missing seq)
+    seq: int  # the first bad or missing seq
     row_id: int | None  # database id of the row found there (None: missing)
     problem: str
+    kind: str = "edited_row"  # one of FAULT_KINDS
+    seq_end: int | None = None  # the last seq of a missing or suspect range
 
     def describe(self) -> str:
         where = f"row id {self.row_id}" if self.row_id is not None else "no row"
-        return f"{self.rollout_id} seq {self.seq} ({where}): {self.problem}"
+        span = f"..{self.seq_end}" if self.seq_end is not None and self.seq_end != self.seq else ""
+        return f"{self.rollout_id} seq {self.seq}{span} ({where}): {self.kind}: {self.problem}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "seq_end": self.seq_end,
+            "row_id": self.row_id,
+            "kind": self.kind,
+            "problem": self.problem,
+        }
 
 
 @dataclass
 class ChainReport:
     rollout_id: str
     rows: int = 0
+    first_seq: int = 0
     last_seq: int = 0
     head_hash: str = GENESIS_HASH
-    broken: BrokenRow | None = None
+    faults: list[BrokenRow] = field(default_factory=list)
+    heads: int = 0
+    signed_heads: int = 0
+    anchor: AuditHead | None = None
+    checked: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def broken(self) -> BrokenRow | None:
+        return min(self.faults, key=lambda f: (f.seq, f.kind)) if self.faults else None
 
     @property
     def ok(self) -> bool:
-        return self.broken is None
+        return not self.faults
 
 
 @dataclass
@@ -229,23 +452,32 @@ class VerifyReport:
                 return c.broken
         return None
 
+    @property
+    def unchecked(self) -> list[str]:
+        out: list[str] = []
+        for c in self.chains:
+            out.extend(x for x in c.unchecked if x not in out)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "unchecked": self.unchecked,
             "rollouts": [
                 {
                     "rollout_id": c.rollout_id,
                     "rows": c.rows,
+                    "first_seq": c.first_seq,
                     "last_seq": c.last_seq,
                     "head_hash": c.head_hash,
+                    "heads": c.heads,
+                    "signed_heads": c.signed_heads,
+                    "workflow_head": None if c.anchor is None else c.anchor.model_dump(mode="json"),
                     "ok": c.ok,
-                    "broken": None
-                    if c.broken is None
-                    else {
-                        "seq": c.broken.seq,
-                        "row_id": c.broken.row_id,
-                        "problem": c.broken.problem,
-                    },
+                    "broken": None if c.broken is None else c.broken.to_json(),
+                    "faults": [f.to_json() for f in sorted(c.faults, key=lambda f: f.seq)],
+                    "checked": c.checked,
+                    "unchecked": c.unchecked,
                 }
                 for c in self.chains
             ],
@@ -253,19 +485,51 @@ class VerifyReport:
 
 
 class ChainVerifier:
-    """Feed one rollout's rows in seq order; remembers the first broken row."""
+    """Feed one rollout's rows in seq order, then `finish(heads)`: checks the chain, the
+    stored heads (signatures, hashes), and the workflow's anchor when given.
 
-    def __init__(self, rollout_id: str) -> None:
+    `partial=True` (an export cut with --since) accepts a first row after seq 1 and
+    takes its prev_hash as given."""
+
+    def __init__(
+        self,
+        rollout_id: str,
+        *,
+        key: HeadKey | None = None,
+        anchor: Anchor | None = None,
+        partial: bool = False,
+    ) -> None:
         self.report = ChainReport(rollout_id)
+        self.key = key
+        self.anchor = anchor
+        self.partial = partial
         self._expected_seq = 1
         self._prev_hash = GENESIS_HASH
+        self._started = False
+        self._chain_fault: BrokenRow | None = None
+        self.hashes: dict[int, str] = {}  # seq -> row_hash of rows verified in chain
+        self.contents: dict[int, str] = {}  # seq -> content hash (only with an anchor's events)
+        self.max_seq = 0
+
+    def _break(self, fault: BrokenRow) -> None:
+        self._chain_fault = fault
+        self.report.faults.append(fault)
 
     def feed(self, row: AuditRow) -> None:
         r = self.report
         r.rows += 1
-        if r.broken is not None:
-            return
         ev = row.event
+        self.max_seq = max(self.max_seq, ev.seq)
+        if self.anchor is not None and self.anchor.events:
+            self.contents[ev.seq] = content_hash(ev)
+        if not self._started:
+            self._started = True
+            r.first_seq = ev.seq
+            if self.partial and ev.seq > 1:
+                self._expected_seq = ev.seq
+                self._prev_hash = row.prev_hash
+        if self._chain_fault is not None:
+            return
         if ev.seq != self._expected_seq:
             if ev.seq > self._expected_seq:
                 missing = (
@@ -273,32 +537,175 @@ class ChainVerifier:
                     if ev.seq == self._expected_seq + 1
                     else f"seq {self._expected_seq}..{ev.seq - 1}"
                 )
-                r.broken = BrokenRow(
-                    ev.rollout_id, self._expected_seq, None, f"row missing ({missing} deleted; next row is seq {ev.seq}, row id {row.id})"
+                self._break(
+                    BrokenRow(
+                        ev.rollout_id,
+                        self._expected_seq,
+                        None,
+                        f"row missing ({missing} deleted; next row is seq {ev.seq}, row id {row.id})",
+                        "deleted_row",
+                        ev.seq - 1,
+                    )
                 )
             else:
-                r.broken = BrokenRow(ev.rollout_id, ev.seq, row.id, f"seq {ev.seq} out of order")
+                self._break(BrokenRow(ev.rollout_id, ev.seq, row.id, f"seq {ev.seq} out of order", "moved_row"))
             return
         if row.prev_hash != self._prev_hash:
-            r.broken = BrokenRow(
-                ev.rollout_id,
-                ev.seq,
-                row.id,
-                "prev_hash does not match the row before it (a row was deleted, replaced or moved)",
+            self._break(
+                BrokenRow(
+                    ev.rollout_id,
+                    ev.seq,
+                    row.id,
+                    "prev_hash does not match the row before it (a row was deleted, replaced or moved)",
+                    "moved_row",
+                )
             )
             return
         if chain_hash(row.prev_hash, ev) != row.row_hash:
-            r.broken = BrokenRow(
-                ev.rollout_id,
-                ev.seq,
-                row.id,
-                "content does not match its row_hash (the row was edited or moved)",
+            self._break(
+                BrokenRow(
+                    ev.rollout_id,
+                    ev.seq,
+                    row.id,
+                    "content does not match its row_hash (the row was edited or moved)",
+                    "edited_row",
+                )
             )
             return
         self._prev_hash = row.row_hash
         self._expected_seq += 1
+        self.hashes[ev.seq] = row.row_hash
         r.last_seq = ev.seq
         r.head_hash = row.row_hash
+
+    # -- after the rows ---------------------------------------------------------------
+
+    def _run_of(self, heads: Sequence[StoredHead]) -> Callable[[int], str | None]:
+        runs = self.anchor.seq_runs if self.anchor is not None else {}
+        bounds = [(h.head.seq, h.run_id) for h in heads if h.run_id]
+
+        def run_of(seq: int) -> str | None:
+            if seq in runs:
+                return runs[seq]
+            i = bisect.bisect_left(bounds, (seq, ""))
+            return bounds[i][1] if i < len(bounds) else None
+
+        return run_of
+
+    def _missing(self, lo: int, hi: int, why: str, run_of: Callable[[int], str | None], last_known: int) -> BrokenRow:
+        """A fault for missing seqs lo..hi: a truncated run when a whole run is gone."""
+        run = run_of(lo)
+        if run is not None and (lo == 1 or run_of(lo - 1) != run):
+            run_end = lo
+            while run_end < last_known and run_of(run_end + 1) == run:
+                run_end += 1
+            if run_end <= hi:
+                return BrokenRow(
+                    self.report.rollout_id, lo, None,
+                    f"every row of run {run} is missing (seq {lo}..{run_end}); {why}", "truncated_run", hi,
+                )
+        return BrokenRow(self.report.rollout_id, lo, None, f"rows seq {lo}..{hi} are missing; {why}", "deleted_row", hi)
+
+    def finish(self, heads: Sequence[StoredHead] = ()) -> ChainReport:
+        r = self.report
+        rid = r.rollout_id
+        heads = sorted(heads, key=lambda h: h.head.seq)
+        r.heads = len(heads)
+        r.signed_heads = sum(1 for h in heads if h.head.signature)
+        anchor_head = self.anchor.head if self.anchor is not None else None
+        r.anchor = anchor_head
+        last_known = max([self.max_seq, *(h.head.seq for h in heads), anchor_head.seq if anchor_head else 0,
+                          *(self.anchor.seq_runs if self.anchor else {})])
+        run_of = self._run_of(heads)
+        # a gap inside the rows: a whole run gone?
+        if self._chain_fault is not None and self._chain_fault.kind == "deleted_row":
+            f = self._chain_fault
+            refined = self._missing(f.seq, f.seq_end or f.seq, "the chain has a gap", run_of, last_known)
+            if refined.kind == "truncated_run":
+                r.faults[r.faults.index(f)] = BrokenRow(rid, f.seq, None, f"{refined.problem} ({f.problem})",
+                                                        "truncated_run", f.seq_end)
+        good = r.last_seq
+        # stored heads: signatures, then hashes
+        if self.key is not None:
+            for h in heads:
+                bad = self.key.fault(rid, h.head)
+                if bad is not None:
+                    r.faults.append(BrokenRow(rid, h.head.seq, None, f"head at seq {h.head.seq}: {bad[1]}", bad[0]))
+                    break
+            r.checked.append(f"head signatures with key {self.key.key_id}")
+        elif heads:
+            r.unchecked.append(
+                f"head signatures: no public key (set {AUDIT_PUBLIC_KEY_ENV} or pass --public-key); "
+                "a chain recomputed by someone with database access would pass"
+            )
+        if not heads:
+            r.unchecked.append("no stored heads: the chain is not anchored in the store (rows written before heads existed, or heads removed)")
+        prev_ok = 0
+        for h in heads:
+            if h.head.seq > self.max_seq:
+                r.faults.append(
+                    self._missing(self.max_seq + 1, max(x.head.seq for x in heads),
+                                  f"the stored head at seq {h.head.seq} vouches for them", run_of, last_known)
+                )
+                break
+            if h.head.seq > good:
+                break
+            if self.hashes.get(h.head.seq) != h.head.hash:
+                r.faults.append(
+                    BrokenRow(
+                        rid, prev_ok + 1, None,
+                        f"the chain no longer matches the head at seq {h.head.seq} "
+                        f"({'signed, ' + (h.head.key_id or '') if h.head.signature else 'unsigned'}): "
+                        f"a row in seq {prev_ok + 1}..{h.head.seq} was rewritten and the hashes after it recomputed",
+                        "recomputed_chain", h.head.seq,
+                    )
+                )
+                break
+            prev_ok = h.head.seq
+        if heads:
+            r.checked.append(f"{len(heads)} stored heads against the rows")
+        # the workflow's own record
+        if self.anchor is None:
+            return r
+        if anchor_head is not None:
+            if self.key is not None and anchor_head.signature:
+                bad = self.key.fault(rid, anchor_head)
+                if bad is not None:
+                    r.faults.append(BrokenRow(rid, anchor_head.seq, None, f"the workflow's head: {bad[1]}", bad[0]))
+            if anchor_head.seq > self.max_seq:
+                r.faults.append(
+                    self._missing(self.max_seq + 1, anchor_head.seq,
+                                  f"the workflow's head (Temporal history) is at seq {anchor_head.seq}", run_of, last_known)
+                )
+            elif anchor_head.seq <= good and self.hashes.get(anchor_head.seq) != anchor_head.hash:
+                r.faults.append(
+                    BrokenRow(rid, prev_ok + 1, None,
+                              f"the chain no longer matches the workflow's head at seq {anchor_head.seq} "
+                              "(Temporal history): rows were rewritten and the hashes recomputed",
+                              "recomputed_chain", anchor_head.seq)
+                )
+            r.checked.append(f"the workflow's head at seq {anchor_head.seq} (Temporal history)")
+        else:
+            r.unchecked.append("the workflow's head: none in Temporal history (the workflow keeps none yet)")
+        for seq in sorted(self.anchor.events):
+            have = self.contents.get(seq)
+            if have is None or have == self.anchor.events[seq]:
+                continue
+            in_chain = seq in self.hashes
+            r.faults.append(
+                BrokenRow(
+                    rid, seq, None,
+                    "the row differs from the event the workflow recorded (Temporal history)"
+                    + ("; the hashes after it were recomputed" if in_chain else ""),
+                    "recomputed_chain" if in_chain else "edited_row",
+                )
+            )
+            break
+        if self.anchor.events:
+            r.checked.append(f"{len(self.anchor.events)} rows against Temporal history")
+        if not self.anchor.complete:
+            r.unchecked.append("older runs are past Temporal's retention: their rows checked against heads only")
+        return r
 
 
 @dataclass
@@ -341,8 +748,8 @@ def normalize_url(url: str) -> str:
 
 
 def default_url() -> str:
-    state = os.environ.get("ROLLOUT_STATE_DIR") or ".state"
-    return f"sqlite+aiosqlite:///{Path(state) / 'audit.db'}"
+    state = state_dir_from(os.environ, Path.home())  # one place, whatever the working directory
+    return f"sqlite+aiosqlite:///{state.absolute() / 'audit.db'}"
 
 
 def _advisory_key(text: str) -> int:
@@ -578,27 +985,115 @@ class AuditStore:
             async for r in result:
                 yield self._to_row(r)
 
-    async def verify(self, rollout_id: str | None = None) -> VerifyReport:
-        """Check the hash chain of one rollout (or every rollout); name each first broken row."""
+    async def verify(
+        self,
+        rollout_id: str | None = None,
+        *,
+        key: HeadKey | None = None,
+        anchors: Mapping[str, Anchor] | None = None,
+    ) -> VerifyReport:
+        """Check one rollout (or every rollout): rows and hash chain, stored heads (their
+        signatures with `key`, their hashes against the rows) and, for rollouts in
+        `anchors`, the workflow's head and recorded events. Names each first fault."""
         await self._ensure_ready()
+        anchors = anchors or {}
         t = audit_events
         q = sa.select(t)
         if rollout_id is not None:
             q = q.where(t.c.rollout_id == rollout_id)
         q = q.order_by(t.c.rollout_id, t.c.seq, t.c.id)
-        report = VerifyReport()
+        heads = await self.heads(rollout_id)
+        by_rollout: dict[str, list[StoredHead]] = {}
+        for h in heads:
+            by_rollout.setdefault(h.rollout_id, []).append(h)
+        verifiers: dict[str, ChainVerifier] = {}
         current: ChainVerifier | None = None
         async with self.engine.connect() as conn:
-            result = await conn.stream(q.execution_options(yield_per=1000))
+            result = await conn.stream(q.execution_options(yield_per=2000))
             async for r in result:
                 row = self._to_row(r)
                 if current is None or current.report.rollout_id != row.event.rollout_id:
-                    current = ChainVerifier(row.event.rollout_id)
-                    report.chains.append(current.report)
+                    rid = row.event.rollout_id
+                    current = verifiers[rid] = ChainVerifier(rid, key=key, anchor=anchors.get(rid))
                 current.feed(row)
-        if rollout_id is not None and not report.chains:
-            report.chains.append(ChainReport(rollout_id))
+        wanted = set(by_rollout) | {a for a in anchors if rollout_id is None or a == rollout_id}
+        if rollout_id is not None:
+            wanted.add(rollout_id)
+        for rid in sorted(wanted - set(verifiers)):  # heads or history but no rows at all
+            verifiers[rid] = ChainVerifier(rid, key=key, anchor=anchors.get(rid))
+        report = VerifyReport()
+        for rid in sorted(verifiers):
+            report.chains.append(verifiers[rid].finish(by_rollout.get(rid, [])))
         return report
+
+    # -- heads ------------------------------------------------------------------------
+
+    async def record_head(
+        self, rollout_id: str, seq: int, signer: HeadSigner | None = None, run_id: str | None = None
+    ) -> AuditHead:
+        """Store (once) and return the head of `rollout_id`'s chain at `seq`, signed when
+        there is a signer. A head already stored for that seq is returned as stored."""
+        await self._ensure_ready()
+        t, h = audit_events, audit_heads
+        for attempt in range(5):
+            try:
+                async with self._writer.begin() as conn:
+                    if self.dialect == "postgresql":
+                        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_advisory_key(rollout_id))))
+                    row_hash = (
+                        await conn.execute(
+                            sa.select(t.c.row_hash).where(t.c.rollout_id == rollout_id, t.c.seq == seq)
+                        )
+                    ).scalar_one_or_none()
+                    if row_hash is None:
+                        raise AuditStoreError(f"no row {seq} of {rollout_id} to take a head at")
+                    have = (
+                        await conn.execute(sa.select(h).where(h.c.rollout_id == rollout_id, h.c.seq == seq))
+                    ).first()
+                    if have is not None:
+                        stored = self._to_head(have)
+                        if stored.head.hash != row_hash:
+                            raise AuditConflictError(rollout_id, seq, "the stored head has another hash")
+                        return stored.head
+                    head = signer.sign(rollout_id, seq, row_hash) if signer else AuditHead(seq=seq, hash=row_hash)
+                    await conn.execute(
+                        h.insert().values(
+                            rollout_id=rollout_id,
+                            seq=seq,
+                            hash=head.hash,
+                            signature=head.signature,
+                            key_id=head.key_id,
+                            run_id=run_id,
+                            recorded_at=datetime.now(UTC),
+                        )
+                    )
+                    return head
+            except (IntegrityError, OperationalError):
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _to_head(r: sa.Row[Any]) -> StoredHead:
+        m = r._mapping
+        return StoredHead(
+            rollout_id=m["rollout_id"],
+            head=AuditHead(seq=int(m["seq"]), hash=m["hash"], signature=m["signature"], key_id=m["key_id"]),
+            run_id=m["run_id"],
+            recorded_at=_utc(m["recorded_at"]),
+        )
+
+    async def heads(self, rollout_id: str | None = None) -> list[StoredHead]:
+        """Stored heads of one rollout (or all), by rollout and seq."""
+        await self._ensure_ready()
+        h = audit_heads
+        q = sa.select(h)
+        if rollout_id is not None:
+            q = q.where(h.c.rollout_id == rollout_id)
+        async with self.engine.connect() as conn:
+            res = await conn.execute(q.order_by(h.c.rollout_id, h.c.seq))
+            return [self._to_head(r) for r in res]
 
     async def reconcile(self, rollout_id: str, history: Sequence[AuditEvent]) -> ReconcileReport:
         """Write rows missing from the store from `history` (the trail in Temporal history),
@@ -692,3 +1187,60 @@ def _current_revision(connection: Connection) -> str | None:
     ctx = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     rev = ctx.get_current_revision()
     return str(rev) if rev is not None else None
+
+
+# ---- exports ---------------------------------------------------------------------------
+
+
+def verify_export(
+    lines: Iterable[str], *, key: HeadKey | None = None, rollout_id: str | None = None
+) -> VerifyReport:
+    """Check an export (`rollout audit export`: JSON Lines of rows and heads) offline.
+
+    Rows are checked link by link from the first exported row of each rollout (from
+    seq 1 for a full export; an export cut with --since starts where it starts), the
+    heads against the rows and, with `key`, their signatures."""
+    rows: dict[str, list[AuditRow]] = {}
+    heads: dict[str, list[StoredHead]] = {}
+    event_keys = set(AuditEvent.model_fields)
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            kind = data.get("record", "row")
+            if kind == "head":
+                h = StoredHead(
+                    rollout_id=str(data["rollout_id"]),
+                    head=AuditHead(
+                        seq=data["seq"], hash=data["hash"], signature=data.get("signature"), key_id=data.get("key_id")
+                    ),
+                    run_id=data.get("run_id"),
+                )
+                if rollout_id is None or h.rollout_id == rollout_id:
+                    heads.setdefault(h.rollout_id, []).append(h)
+                continue
+            ev = AuditEvent.model_validate({k: v for k, v in data.items() if k in event_keys})
+            row = AuditRow(
+                int(data.get("id") or 0),
+                normalize_event(ev),
+                str(data["prev_hash"]),
+                str(data["row_hash"]),
+                _utc(datetime.fromisoformat(str(data.get("recorded_at") or data["at"]).replace("Z", "+00:00"))),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise AuditStoreError(f"line {n} is not an audit export record: {exc}") from None
+        if rollout_id is None or ev.rollout_id == rollout_id:
+            rows.setdefault(ev.rollout_id, []).append(row)
+    report = VerifyReport()
+    for rid in sorted(set(rows) | set(heads)):
+        verifier = ChainVerifier(rid, key=key, partial=True)
+        for row in sorted(rows.get(rid, []), key=lambda r: (r.event.seq, r.id)):
+            verifier.feed(row)
+        chain = verifier.finish(heads.get(rid, []))
+        if chain.first_seq > 1:
+            chain.unchecked.append(f"rows before seq {chain.first_seq} (not in this export)")
+        report.chains.append(chain)
+    if rollout_id is not None and not report.chains:
+        report.chains.append(ChainReport(rollout_id))
+    return report

@@ -17,6 +17,7 @@ import os
 import secrets
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from rollout.errors import RefusedError
 from rollout.plan import load_plan, validate_plan_data
 from rollout.status_view import status_line
 from worker import client as rc
-from worker.devstack import embedded_stack, free_port
+from worker.devstack import PortInUse, Stack, embedded_stack, free_ports
 from worker.example_target import create_app, running
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-reply-agent.yaml"
@@ -68,14 +69,36 @@ async def act(client: Any, wid: str, action: str, **payload: Any) -> None:
     print(f"   {who}: {action} {what}".rstrip(), flush=True)
 
 
+@contextlib.asynccontextmanager
+async def demo_stack(tmp: Path, attempts: int = 3) -> AsyncIterator[Stack]:
+    """The embedded stack on free ports. The receiver's port is bound by the stack itself;
+    the dev server binds its own, so a port taken in between is retried on fresh ones."""
+    for attempt in range(1, attempts + 1):
+        port, ui_port = free_ports(2)
+        try:
+            cm = embedded_stack(db=tmp / "temporal.db", port=port, ui_port=ui_port, http_port=0)
+            stack = await cm.__aenter__()
+        except PortInUse as exc:
+            if attempt == attempts:
+                raise
+            print(f"   ({exc.message}; retrying on other ports)", flush=True)
+            continue
+        try:
+            yield stack
+        except BaseException:
+            if not await cm.__aexit__(*sys.exc_info()):
+                raise
+        else:
+            await cm.__aexit__(None, None, None)
+        return
+
+
 async def demo(window: str) -> int:
     secret = secrets.token_hex(16)
     os.environ["ROLLOUT_WEBHOOK_SECRET"] = secret
     tmp = Path(tempfile.mkdtemp(prefix="rollout-demo-"))
     os.environ.setdefault("ROLLOUT_DB_URL", f"sqlite+aiosqlite:///{tmp / 'audit.db'}")
-    async with running(create_app(secret)) as target_url, embedded_stack(
-        db=tmp / "temporal.db", port=free_port(), ui_port=free_port(), http_port=free_port()
-    ) as stack:
+    async with running(create_app(secret)) as target_url, demo_stack(tmp) as stack:
         client = stack.client
         print(f"Temporal UI:     {stack.ui}   (open it to see the workflow and its history)")
         print(f"Example target:  {target_url}/   (the scope in force, as the target sees it)")
