@@ -23,7 +23,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
 )
 
@@ -117,10 +119,131 @@ class Escalation(_Model):
     max_hold: Duration | None = None
 
 
-class Notifier(_Model):
-    kind: Literal["webhook", "slack"]
-    url: Annotated[str, Field(pattern=r"^https?://")]
-    secret_env: str | None = None
+NOTIFIER_KINDS = ("webhook", "slack", "teams", "pagerduty", "email")
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+def _check_env_name(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", v):
+        raise ValueError("must be the name of an environment variable (letters, digits, _), never the secret itself")
+    return v
+
+
+def _check_http_url(v: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", v) or any(c.isspace() for c in v):
+        raise ValueError(f"must be an http:// or https:// URL, got {v[:60]!r}")
+    return v
+
+
+def _check_smtp_url(v: str) -> str:
+    if not re.fullmatch(r"smtps?://[^/?#\s@:]+(:[0-9]{1,5})?/?", v):
+        raise ValueError(
+            "must be smtp://HOST[:PORT] or smtps://HOST[:PORT], without credentials "
+            "(they come from the environment: username_env, password_env)"
+        )
+    return v
+
+
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
+class WebhookNotifier(_Model):
+    """Signed JSON notifications (docs/targets.md)."""
+
+    kind: Literal["webhook"]
+    url: HttpUrl
+    secret_env: EnvName | None = None
+
+    def destination(self) -> str:
+        return self.url
+
+
+class SlackNotifier(_Model):
+    """A Slack incoming webhook."""
+
+    kind: Literal["slack"]
+    url: HttpUrl
+    secret_env: EnvName | None = None  # kept for plans written before
+
+    def destination(self) -> str:
+        return self.url
+
+
+class TeamsNotifier(_Model):
+    """A Microsoft Teams workflow webhook ("When a Teams webhook request is received"): an Adaptive Card."""
+
+    kind: Literal["teams"]
+    url: HttpUrl
+
+    def destination(self) -> str:
+        return self.url
+
+
+class PagerDutyNotifier(_Model):
+    """PagerDuty Events API v2: escalation pages trigger, acknowledgements acknowledge, resumes resolve."""
+
+    kind: Literal["pagerduty"]
+    routing_key_env: EnvName
+    url: HttpUrl = PAGERDUTY_EVENTS_URL
+    severity: Literal["critical", "error", "warning", "info"] = "critical"
+
+    def destination(self) -> str:
+        return f"{self.url} (routing key from ${self.routing_key_env})"
+
+
+def _check_address(v: str) -> str:
+    local, at, domain = v.partition("@")
+    if not at or not local or not domain or any(c.isspace() or c in "<>,;" for c in v):
+        raise ValueError(f"{v!r} is not an email address")
+    return v
+
+
+def _check_mailboxes(v: list[str]) -> list[str]:
+    if not v:
+        raise ValueError("needs at least one address: the rollout owner's, who gets every containment and stage change")
+    return v
+
+
+class EmailNotifier(_Model):
+    """Plain-text email over SMTP (STARTTLS whenever the server offers it).
+
+    Pages go to the paged identities; every containment and stage change to `to` (the
+    rollout owner's address, and anyone else who wants them). Credentials come from the
+    environment variables named by `username_env` / `password_env`, never from the plan.
+    """
+
+    kind: Literal["email"]
+    smtp_url: Annotated[str, AfterValidator(_check_smtp_url)]
+    from_: Annotated[str, AfterValidator(_check_address), Field(alias="from")]
+    to: Annotated[list[Annotated[str, AfterValidator(_check_address)]], AfterValidator(_check_mailboxes)]
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    def destination(self) -> str:
+        return f"{self.smtp_url} from {self.from_} to {', '.join(self.to)}"
+
+
+def _notifier_kind(v: Any) -> str | None:
+    kind = v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)
+    return kind if isinstance(kind, str) and kind in NOTIFIER_KINDS else None
+
+
+Notifier = Annotated[
+    Annotated[WebhookNotifier, Tag("webhook")]
+    | Annotated[SlackNotifier, Tag("slack")]
+    | Annotated[TeamsNotifier, Tag("teams")]
+    | Annotated[PagerDutyNotifier, Tag("pagerduty")]
+    | Annotated[EmailNotifier, Tag("email")],
+    Discriminator(
+        _notifier_kind,
+        custom_error_type="notifier_kind",
+        custom_error_message="'kind' must be one of: " + ", ".join(NOTIFIER_KINDS),
+        custom_error_context={},
+    ),
+]
 
 
 class Scope(_Model):
@@ -442,6 +565,9 @@ def _line_for(lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...
     return None
 
 
+_UNION_TAGS = frozenset({"webhook", "file", "unleash", "log", *NOTIFIER_KINDS})
+
+
 def _clean_loc(loc: tuple[str | int, ...], data: Any) -> tuple[str | int, ...]:
     """Drop pydantic's union tags (e.g. `webhook`) from error locations."""
     out: list[str | int] = []
@@ -452,7 +578,7 @@ def _clean_loc(loc: tuple[str | int, ...], data: Any) -> tuple[str | int, ...]:
                 out.append(part)
                 node = node[part]
                 continue
-            if isinstance(part, str) and part in ("webhook", "file", "unleash", "log"):
+            if isinstance(part, str) and part in _UNION_TAGS:
                 continue
             out.append(part)
             node = None
@@ -461,7 +587,7 @@ def _clean_loc(loc: tuple[str | int, ...], data: Any) -> tuple[str | int, ...]:
             node = node[part] if 0 <= part < len(node) else None
         else:
             if isinstance(part, str) and (
-                part in ("webhook", "file", "unleash", "log") or part.startswith("function-")
+                part in _UNION_TAGS or part.startswith("function-")
             ):
                 continue
             out.append(part)

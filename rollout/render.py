@@ -254,8 +254,9 @@ def render_plan_markdown(plan: Plan) -> str:
     out += ["## Notifications", ""]
     if plan.notify:
         for n in plan.notify:
-            signed = f", signed with ${n.secret_env}" if n.secret_env else ""
-            out.append(f"- {n.kind} {code(n.url)}{signed}")
+            secret_env = getattr(n, "secret_env", None)
+            signed = f", signed with ${secret_env}" if secret_env else ""
+            out.append(f"- {n.kind} {code(n.destination())}{signed}")
     else:
         out.append("None configured (escalation pages still go to the chain).")
     out.append("")
