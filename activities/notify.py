@@ -6,12 +6,21 @@ Kinds (docs/targets.md):
   headers as exposure webhooks (`Idempotency-Key`, `X-Rollout-Event: notification`,
   and `X-Rollout-Signature` when `secret_env` is set);
 - `slack`: an incoming-webhook payload `{"text": ..., "blocks": [...]}` with a
-  readable summary; a page names who is paged and the command that acknowledges it.
+  readable summary; a page names who is paged and the command that acknowledges it;
+- `teams`: an Adaptive Card through a Teams workflow webhook (activities/notifiers/teams.py);
+- `pagerduty`: Events API v2, escalations only: trigger, acknowledge, resolve
+  (activities/notifiers/pagerduty.py);
+- `email`: plain text over SMTP to the paged identities and the rollout owner
+  (activities/notifiers/mail.py).
 
 A failed notification never fails the rollout: each receiver is tried a few times with
-backoff inside the activity, and the activity returns which receivers got it and which
-did not (recorded by the workflow). It never raises for a receiver's failure. Receiver
-URLs are recorded redacted (no credentials or query; Slack's secret path masked).
+backoff inside the activity (429 and 5xx honour Retry-After), and the activity returns
+which receivers got it and which did not (recorded by the workflow in the audit trail).
+It never raises for a receiver's failure. Notifiers run concurrently and independently,
+each under its own deadline, so a slow or failing one delays neither the others nor the
+rollout (the workflow never waits for notifications). Receivers are recorded redacted
+(no credentials or query; Slack's secret path masked; environment variable names, never
+their values).
 """
 
 from __future__ import annotations
@@ -23,13 +32,30 @@ from typing import Any
 import httpx
 from temporalio import activity
 
-from activities.outbound import build_headers, classify, dumps, redact_url, snippet
+from activities.notifiers import mail, pagerduty, teams
+from activities.notifiers.common import (
+    SKIPPED,
+    NotDelivered,
+    Settings,
+    ack_commands,
+    post_with_retries,
+)
+from activities.outbound import build_headers, dumps, redact_url
 from rollout.models import Notification, NotifyResult
-from rollout.plan import Notifier
+from rollout.plan import (
+    EmailNotifier,
+    Notifier,
+    PagerDutyNotifier,
+    SlackNotifier,
+    TeamsNotifier,
+    WebhookNotifier,
+)
 
-ATTEMPTS = 3  # per receiver, inside one activity attempt
-BACKOFF_SECONDS = 0.5  # doubled after each failed attempt
-TIMEOUT_SECONDS = 5.0  # per HTTP request
+__all__ = ["ack_commands", "notification_body", "notify_all", "send_notifications", "slack_payload", "summary_text"]
+
+# Each notifier's whole delivery (retries included) must end within this; the activity's
+# start-to-close timeout (30s in the workflow) stays above the largest.
+DEADLINE_SECONDS: dict[str, float] = {"webhook": 20.0, "slack": 20.0, "teams": 20.0, "pagerduty": 20.0, "email": 25.0}
 
 _ICONS = {
     "started": ":rocket:",
@@ -40,6 +66,7 @@ _ICONS = {
     "rollback": ":rewind:",
     "breach": ":warning:",
     "escalation_page": ":rotating_light:",
+    "escalation_acknowledged": ":ok_hand:",
     "resumed": ":arrow_forward:",
     "rejected": ":no_entry:",
     "handoff_complete": ":handshake:",
@@ -50,25 +77,8 @@ _ICONS = {
 }
 
 
-class _NotDelivered(Exception):
-    def __init__(self, message: str, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
 def idempotency_key(n: Notification) -> str:
     return f"{n.rollout_id}:{n.seq}:{n.event}"
-
-
-def ack_commands(n: Notification) -> list[str]:
-    """The command(s) that acknowledge a page: the given one, or one per paged identity."""
-    if n.ack_command:
-        return [n.ack_command]
-    if not n.page:
-        return []
-    if not n.recipients:
-        return [f"rollout ack {n.rollout_id} --escalation"]
-    return [f"rollout ack {n.rollout_id} --escalation --as {who}" for who in n.recipients]
 
 
 def notification_body(n: Notification) -> dict[str, Any]:
@@ -110,61 +120,63 @@ def slack_payload(n: Notification) -> dict[str, Any]:
     }
 
 
-def _request(notifier: Notifier, n: Notification) -> tuple[bytes, dict[str, str]]:
-    if notifier.kind == "slack":
-        body = dumps(slack_payload(n))
-        return body, {"Content-Type": "application/json"}
+def _webhook_request(notifier: WebhookNotifier | SlackNotifier, n: Notification) -> tuple[bytes, dict[str, str]]:
+    if isinstance(notifier, SlackNotifier):
+        return dumps(slack_payload(n)), {"Content-Type": "application/json"}
     secret: str | None = None
     if notifier.secret_env:
         secret = os.environ.get(notifier.secret_env)
         if not secret:
-            raise _NotDelivered(f"environment variable {notifier.secret_env} is not set on the worker", False)
+            raise NotDelivered(f"environment variable {notifier.secret_env} is not set on the worker", False)
     body = dumps(notification_body(n))
     return body, build_headers(body, secret=secret, idempotency_key=idempotency_key(n), event="notification")
 
 
-async def _post_once(client: httpx.AsyncClient, notifier: Notifier, body: bytes, headers: dict[str, str]) -> None:
-    try:
-        response = await client.post(notifier.url, content=body, headers=headers)
-    except httpx.TimeoutException:
-        raise _NotDelivered(f"no answer within {TIMEOUT_SECONDS:g}s", True) from None
-    except httpx.TransportError as exc:
-        raise _NotDelivered(f"unreachable: {type(exc).__name__}", True) from None
-    verdict = classify(response.status_code)
-    if verdict != "applied":
-        raise _NotDelivered(f"HTTP {response.status_code}: {snippet(response.text, 120)}", verdict == "retry")
+async def _send(client: httpx.AsyncClient, notifier: Notifier, n: Notification) -> str | None:
+    """Deliver to one notifier; None when delivered, SKIPPED, or the error."""
+    if isinstance(notifier, WebhookNotifier | SlackNotifier):
+        try:
+            body, headers = _webhook_request(notifier, n)
+        except NotDelivered as exc:
+            return str(exc)
+        return await post_with_retries(client, notifier.url, body, headers)
+    if isinstance(notifier, TeamsNotifier):
+        return await teams.send(client, notifier, n)
+    if isinstance(notifier, PagerDutyNotifier):
+        return await pagerduty.send(client, notifier, n)
+    return await mail.send(notifier, n)
 
 
 async def deliver(client: httpx.AsyncClient, notifier: Notifier, n: Notification) -> str | None:
-    """Send to one receiver with retries; return None when delivered, else the last error."""
+    """One notifier under its own deadline; never raises for the receiver's failure."""
+    deadline = DEADLINE_SECONDS[notifier.kind]
     try:
-        body, headers = _request(notifier, n)
-    except _NotDelivered as exc:
-        return str(exc)
-    delay = BACKOFF_SECONDS
-    error = "not attempted"
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            await _post_once(client, notifier, body, headers)
-            return None
-        except _NotDelivered as exc:
-            error = f"{exc} (attempt {attempt} of {ATTEMPTS})"
-            if not exc.retryable:
-                return str(exc)
-        if attempt < ATTEMPTS:
-            await asyncio.sleep(delay)
-            delay *= 2
-    return error
+        return await asyncio.wait_for(_send(client, notifier, n), deadline)
+    except TimeoutError:
+        return f"gave up after {deadline:g}s (retries included)"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug in one notifier must not cost the others their delivery
+        return f"notifier failed: {type(exc).__name__}: {str(exc)[:160]}"
+
+
+def label(notifier: Notifier) -> str:
+    """How a receiver is recorded: never a credential, a secret path or a query."""
+    if isinstance(notifier, PagerDutyNotifier):
+        return f"pagerduty {redact_url(notifier.url)} (${notifier.routing_key_env})"
+    if isinstance(notifier, EmailNotifier):
+        return f"email {redact_url(notifier.smtp_url)}"
+    return redact_url(notifier.url)
 
 
 def _labels(notifiers: list[Notifier]) -> list[str]:
     labels: list[str] = []
     for notifier in notifiers:
-        label = redact_url(notifier.url)
-        base, i = label, 2
-        while label in labels:
-            label, i = f"{base}#{i}", i + 1
-        labels.append(label)
+        name = label(notifier)
+        base, i = name, 2
+        while name in labels:
+            name, i = f"{base}#{i}", i + 1
+        labels.append(name)
     return labels
 
 
@@ -172,19 +184,21 @@ async def notify_all(
     n: Notification, mounts: dict[str, httpx.AsyncBaseTransport] | None = None
 ) -> NotifyResult:
     """Send `n` to every notifier concurrently; `mounts` routes URL prefixes to other
-    transports (a proxy, or a stand-in for a third-party service that cannot run here)."""
+    transports (a proxy, or a stand-in for a third-party service that cannot run here).
+    Notifiers for which the event is not meant (PagerDuty and a stage change) are in
+    neither list."""
     result = NotifyResult()
     if not n.notifiers:
         return result
-    async with httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False, mounts=mounts) as client:
+    async with httpx.AsyncClient(timeout=Settings.request_timeout, follow_redirects=False, mounts=mounts) as client:
         errors = await asyncio.gather(*(deliver(client, notifier, n) for notifier in n.notifiers))
-    for label, error in zip(_labels(n.notifiers), errors, strict=True):
+    for name, error in zip(_labels(n.notifiers), errors, strict=True):
         if error is None:
-            result.delivered.append(label)
-        else:
-            result.failed[label] = error
+            result.delivered.append(name)
+        elif error != SKIPPED:
+            result.failed[name] = error
             if activity.in_activity():
-                activity.logger.warning("notification %s to %s not delivered: %s", n.event, label, error)
+                activity.logger.warning("notification %s to %s not delivered: %s", n.event, name, error)
     return result
 
 

@@ -53,6 +53,7 @@ EventKind = Literal[
     "rollback",
     "breach",
     "escalation_page",
+    "escalation_acknowledged",
     "resumed",
     "rejected",
     "handoff_complete",

@@ -23,10 +23,11 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities import notify
+from activities.notifiers.common import Settings
 from activities.notify import notify_all, send_notifications
 from activities.signing import EVENT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify_signature
 from rollout.models import Notification, NotifyResult
-from rollout.plan import Notifier
+from rollout.plan import Notifier, SlackNotifier, WebhookNotifier
 from worker.example_target import create_app, running
 
 SECRET = "notify-secret-" + uuid.uuid4().hex
@@ -36,8 +37,8 @@ SLACK_URL = "https://slack.test/services/T0001/B0001/" + uuid.uuid4().hex  # the
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(notify, "BACKOFF_SECONDS", 0.01)
-    monkeypatch.setattr(notify, "TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(Settings, "backoff_seconds", 0.01)
+    monkeypatch.setattr(Settings, "request_timeout", 1.0)
     monkeypatch.setenv(SECRET_ENV, SECRET)
 
 
@@ -98,7 +99,7 @@ async def test_webhook_gets_signed_json_without_notifiers() -> None:
     inbox = Inbox()
     async with running(inbox.app()) as base:
         url = f"{base}/notify"
-        n = notification([Notifier(kind="webhook", url=url, secret_env=SECRET_ENV)])
+        n = notification([WebhookNotifier(kind="webhook", url=url, secret_env=SECRET_ENV)])
         result = await ActivityEnvironment().run(send_notifications, n)
     assert result == NotifyResult(delivered=[url], failed={})
     [(headers, body)] = inbox.received
@@ -116,7 +117,7 @@ async def test_webhook_gets_signed_json_without_notifiers() -> None:
 async def test_unsigned_webhook_when_no_secret_env() -> None:
     inbox = Inbox()
     async with running(inbox.app()) as base:
-        await notify_all(notification([Notifier(kind="webhook", url=f"{base}/notify")]))
+        await notify_all(notification([WebhookNotifier(kind="webhook", url=f"{base}/notify")]))
     [(headers, _)] = inbox.received
     assert SIGNATURE_HEADER.lower() not in headers
 
@@ -128,7 +129,7 @@ async def test_escalation_page_to_slack_names_who_and_how_to_acknowledge() -> No
         posted.append(request)
         return httpx.Response(200, text="ok")
 
-    n = page([Notifier(kind="slack", url=SLACK_URL)])
+    n = page([SlackNotifier(kind="slack", url=SLACK_URL)])
     result = await notify_all(n, mounts={"https://slack.test": httpx.MockTransport(slack)})
     assert result.failed == {}
     [label] = result.delivered
@@ -160,7 +161,7 @@ async def test_slack_text_escapes_markup() -> None:
 async def test_transient_failures_are_retried_until_delivered() -> None:
     inbox = Inbox(script=[503, 500])
     async with running(inbox.app()) as base:
-        n = notification([Notifier(kind="webhook", url=f"{base}/notify", secret_env=SECRET_ENV)])
+        n = notification([WebhookNotifier(kind="webhook", url=f"{base}/notify", secret_env=SECRET_ENV)])
         result = await ActivityEnvironment().run(send_notifications, n)
     assert result.delivered == [f"{base}/notify"] and result.failed == {}
     assert len(inbox.received) == 3
@@ -176,11 +177,11 @@ async def test_failures_are_returned_never_raised() -> None:
         dead = f"http://127.0.0.1:{_free_port()}/notify"
         n = notification(
             [
-                Notifier(kind="webhook", url=f"{down}/notify"),
-                Notifier(kind="webhook", url=f"{gone}/notify"),
-                Notifier(kind="webhook", url=dead),
-                Notifier(kind="webhook", url=f"{ok}/notify?token=abc"),
-                Notifier(kind="webhook", url=f"{ok}/notify", secret_env="ROLLOUT_TEST_UNSET_SECRET"),
+                WebhookNotifier(kind="webhook", url=f"{down}/notify"),
+                WebhookNotifier(kind="webhook", url=f"{gone}/notify"),
+                WebhookNotifier(kind="webhook", url=dead),
+                WebhookNotifier(kind="webhook", url=f"{ok}/notify?token=abc"),
+                WebhookNotifier(kind="webhook", url=f"{ok}/notify", secret_env="ROLLOUT_TEST_UNSET_SECRET"),
             ]
         )
         result = await ActivityEnvironment().run(send_notifications, n)
@@ -198,9 +199,9 @@ async def test_failures_are_returned_never_raised() -> None:
 async def test_example_target_receives_notifications() -> None:
     app = create_app(SECRET)
     async with running(app) as base:
-        n = page([Notifier(kind="webhook", url=f"{base}/notify", secret_env=SECRET_ENV)])
+        n = page([WebhookNotifier(kind="webhook", url=f"{base}/notify", secret_env=SECRET_ENV)])
         result = await notify_all(n)
-        unsigned = await notify_all(page([Notifier(kind="webhook", url=f"{base}/notify")]))
+        unsigned = await notify_all(page([WebhookNotifier(kind="webhook", url=f"{base}/notify")]))
     assert result.failed == {}
     assert next(iter(unsigned.failed.values())).startswith("HTTP 401")
     [received] = app.state.example.notifications
@@ -229,7 +230,7 @@ async def test_failed_notification_completes_the_activity(dev_env: WorkflowEnvir
     queue = f"notify-probe-{uuid.uuid4().hex[:8]}"
     inbox = Inbox(script=[500] * 10)
     async with running(inbox.app()) as base:
-        n = notification([Notifier(kind="webhook", url=f"{base}/notify", secret_env=SECRET_ENV)])
+        n = notification([WebhookNotifier(kind="webhook", url=f"{base}/notify", secret_env=SECRET_ENV)])
         async with Worker(
             dev_env.client,
             task_queue=queue,
