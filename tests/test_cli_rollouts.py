@@ -163,7 +163,7 @@ async def test_signed_approvals_and_amendment_from_the_cli(
     import json
 
     key = tmp_path / "frank.key"
-    code, out, _ = await cli("keygen", "--out", str(key), "--json", capsys=capsys)
+    code, out, _ = await cli("keygen", "--as", ENG1, "--out", str(key), "--json", capsys=capsys)
     assert code == 0 and key.exists()
     public = json.loads(out)["public_key"]
     name = f"signed-{uuid.uuid4().hex[:6]}"

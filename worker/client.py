@@ -58,14 +58,20 @@ async def resolve(client: Client, ident: str) -> WorkflowHandle[Any, Any]:
     raise NotFoundError(f"no rollout {ident} (tried {', '.join(candidates)})")
 
 
-async def start(client: Client, plan: Plan, *, workflow_id: str | None = None) -> WorkflowHandle[Any, Any]:
+async def start(
+    client: Client, plan: Plan, *, workflow_id: str | None = None, started_by: str | None = None
+) -> WorkflowHandle[Any, Any]:
+    """Start a run; `started_by` (the starting identity) goes in the input: the workflow
+    refuses a start whose started_by is not the plan's rollout owner."""
     from workflows.messages import RolloutInput
 
     wid = workflow_id or workflow_id_for(plan.name)
+    # model_validate: the input's started_by field (RolloutInput.started_by) is the contract
+    inp = RolloutInput.model_validate({"plan": plan, "started_by": started_by})
     try:
         return await client.start_workflow(
             WORKFLOW_TYPE,
-            RolloutInput(plan=plan),
+            inp,
             id=wid,
             task_queue=task_queue(),
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,

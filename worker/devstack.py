@@ -44,6 +44,7 @@ from workflows import search_attrs
 
 PR_SET_PDEATHSIG = 1
 EXIT_COMPONENT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 class PortInUse(UsageError):
@@ -344,9 +345,15 @@ async def embedded_stack(
 
 async def run_dev(port: int, ui_port: int, http_port: int, db: Path | None) -> int:
     stop = asyncio.Event()
+    received: list[int] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     async with embedded_stack(port=port, ui_port=ui_port, http_port=http_port, db=db) as stack:
         generated = "ROLLOUT_RECEIVER_TOKEN" not in os.environ
         print(f"Temporal:     {stack.server.address}   (export TEMPORAL_ADDRESS={stack.server.address})", flush=True)
@@ -368,4 +375,5 @@ async def run_dev(port: int, ui_port: int, http_port: int, db: Path | None) -> i
             print("stopping...", flush=True)
             return EXIT_COMPONENT_FAILED
         print("stopping...", flush=True)
-    return 0
+    # Ctrl-C is an interruption (130, like every command); SIGTERM a requested stop (0)
+    return EXIT_INTERRUPTED if received and received[0] == signal.SIGINT else 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from rollout.errors import UsageError
@@ -20,6 +21,12 @@ def actor_of(args: argparse.Namespace) -> str:
     if not actor:
         raise UsageError("who is acting? pass --as IDENTITY or set ROLLOUT_IDENTITY")
     return str(actor)
+
+
+def clock() -> tuple[datetime, tzinfo | None]:
+    """Now (UTC) and the local zone, for human output (`rollout.timefmt`); `--json` stays UTC."""
+    now = datetime.now(UTC)
+    return now, now.astimezone().tzinfo
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

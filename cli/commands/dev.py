@@ -10,11 +10,24 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("dev", help="run Temporal's dev server, the worker and the receiver in one process")
+    p = sub.add_parser(
+        "dev",
+        help="run Temporal's dev server, the worker and the receiver in one process",
+        description=(
+            "Run the embedded stack: Temporal's dev server (persisted to --db), the worker and the "
+            "Alertmanager receiver, in one process; prints the Temporal UI address.\n\n"
+            "Ports are fixed (defaults below): one in use stops `rollout dev` at once, naming it (exit 2). "
+            "A component that stops (dev server, worker, receiver) stops everything (exit 1). The dev "
+            "server lives exactly as long as `rollout dev`, even when it is killed. Ctrl-C stops "
+            "everything (exit 130), SIGTERM too (exit 0); state survives restarts."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--port", type=int, default=7233, help="Temporal frontend port (default 7233)")
     p.add_argument("--ui-port", type=int, default=8233, help="Temporal UI port (default 8233)")
     p.add_argument("--http-port", type=int, default=9095, help="Alertmanager receiver port (default 9095)")
-    p.add_argument("--db", type=Path, help="dev server database file (default $ROLLOUT_STATE_DIR/temporal.db)")
+    p.add_argument("--db", type=Path, help="dev server database file (default: temporal.db in the state directory, "
+                   "$ROLLOUT_STATE_DIR, else $XDG_STATE_HOME/rollout, else ~/.local/state/rollout)")
     p.set_defaults(handler=cmd_dev)
 
     p = sub.add_parser("worker", help="run the worker (workflow + activities) on task queue $ROLLOUT_TASK_QUEUE")

@@ -3,53 +3,50 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from cli.commands.common import actor_of, add_actor, add_json, print_json
+from cli.commands.common import actor_of, add_actor, add_json, clock, print_json
 from cli.signing import sign_payload
+from rollout import timefmt
 from rollout.errors import RefusedError, UsageError
 from rollout.plan import load_plan
-from rollout.status_view import render_status, status_line
+from rollout.status_view import STATUSES, awaited_stage, render_status
 from worker import client as rc
 from worker.connect import connect
 
-TERMINAL = ("completed", "aborted")
-
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    p = sub.add_parser("start", help="start a rollout from a plan file")
-    p.add_argument("file")
+    p = sub.add_parser(
+        "start", help="start a rollout from a plan file (the rollout owner only)",
+        description="Start a rollout from a plan file. Only the plan's rollout owner may start it: "
+                    "--as IDENTITY or $ROLLOUT_IDENTITY is required and goes to the workflow as started_by.",
+    )
+    p.add_argument("file", metavar="FILE", help="plan YAML file")
     p.add_argument("--id", help="workflow id (default rollout-<plan name>)")
     add_actor(p)
     add_json(p)
     p.set_defaults(handler=cmd_start)
 
-    p = sub.add_parser("status", help="show a rollout's state")
-    p.add_argument("id")
+    p = sub.add_parser("status", help="show a rollout's state (times local, --json in UTC)")
+    p.add_argument("id", metavar="ID", help="workflow id or plan name")
     add_json(p)
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("list", help="list rollouts (from search attributes)")
-    p.add_argument("--stage")
-    p.add_argument("--status")
+    p.add_argument("--stage", help="only rollouts at this stage")
+    p.add_argument("--status", choices=STATUSES, metavar="STATUS", help="only rollouts in this status: " + ", ".join(STATUSES))
     add_json(p)
     p.set_defaults(handler=cmd_list)
 
-    p = sub.add_parser("watch", help="follow a rollout live until it completes or is aborted")
-    p.add_argument("id")
-    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
-    add_json(p)
-    p.set_defaults(handler=cmd_watch)
-
-    p = sub.add_parser("approve", help="approve stage entry for a role (or an amendment)")
-    p.add_argument("id")
-    p.add_argument("--stage")
-    p.add_argument("--role", required=True)
+    p = sub.add_parser(
+        "approve", help="approve stage entry for a role (or an amendment)",
+        description="Approve entry to the stage awaited, for one role. Without --stage, the one stage "
+                    "awaited (read from the rollout's status) is approved.",
+    )
+    p.add_argument("id", metavar="ID", help="workflow id or plan name")
+    p.add_argument("--stage", help="the stage to approve (default: the one stage awaited)")
+    p.add_argument("--role", required=True, help="the role you approve for")
     p.add_argument("--comment")
     p.add_argument("--amendment", help="approve the pending amendment with this plan_hash instead of a stage")
     p.add_argument("--key", help="Ed25519 private key file (rollout keygen) when the plan requires signed approvals")
@@ -94,11 +91,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     add_json(p)
     p.set_defaults(handler=cmd_amend)
 
-    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signed approvals")
-    p.add_argument("--out", help="write the private key here (default: print it)")
-    add_json(p)
-    p.set_defaults(handler=cmd_keygen)
-
 
 def _done(args: argparse.Namespace, action: str, ident: str, result: dict[str, Any]) -> int:
     if getattr(args, "json", False):
@@ -110,11 +102,11 @@ def _done(args: argparse.Namespace, action: str, ident: str, result: dict[str, A
 
 async def cmd_start(args: argparse.Namespace) -> int:
     plan = load_plan(args.file)
-    actor = getattr(args, "actor", None)
-    if actor and actor != plan.owners.rollout:
+    actor = actor_of(args)  # no identity: exit 2
+    if actor != plan.owners.rollout:
         raise RefusedError(f"only the rollout owner ({plan.owners.rollout}) may start this rollout, not {actor}")
     client = await connect(identity=actor)
-    handle = await rc.start(client, plan, workflow_id=args.id)
+    handle = await rc.start(client, plan, workflow_id=args.id, started_by=actor)
     if args.json:
         print_json({"workflow_id": handle.id, "run_id": handle.result_run_id, "plan_hash": plan.plan_hash()})
     else:
@@ -129,7 +121,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(st)
     else:
-        print(render_status(st))
+        now, zone = clock()
+        print(render_status(st, now, zone))
     return 0
 
 
@@ -142,49 +135,41 @@ async def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no rollouts match")
         return 0
+    now, zone = clock()
     width = max(len(r["workflow_id"]) for r in rows)
-    print(f"{'ROLLOUT':<{width}}  {'STAGE':<20} {'STATUS':<18} OWNER")
+    print(f"{'ROLLOUT':<{width}}  {'STAGE':<20} {'STATUS':<18} {'OWNER':<24} STARTED")
     for r in rows:
-        print(f"{r['workflow_id']:<{width}}  {r['stage'] or '-':<20} {r['status'] or '-':<18} {r['owner'] or '-'}")
+        started = timefmt.human(r.get("started_at"), now, zone)
+        print(f"{r['workflow_id']:<{width}}  {r['stage'] or '-':<20} {r['status'] or '-':<18} {r['owner'] or '-':<24} {started}")
     return 0
-
-
-async def cmd_watch(args: argparse.Namespace) -> int:
-    client = await connect()
-    last: str | None = None
-    try:
-        while True:
-            st = await rc.status(client, args.id)
-            line = status_line(st)
-            if args.json:
-                text = json.dumps(st, sort_keys=True, default=str)
-                if text != last:
-                    print(text, flush=True)
-                    last = text
-            elif line != last:
-                print(line, flush=True)
-                last = line
-            if st["status"] in TERMINAL:
-                return 0
-            await asyncio.sleep(args.interval)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
 
 
 async def cmd_approve(args: argparse.Namespace) -> int:
     actor = actor_of(args)
-    if not args.stage and not args.amendment:
-        raise UsageError("approve needs --stage STAGE (or --amendment PLAN_HASH)")
+    if args.stage and args.amendment:
+        raise UsageError("approve takes --stage STAGE or --amendment PLAN_HASH, not both")
     payload: dict[str, Any] = {"actor": actor, "role": args.role, "comment": args.comment}
     client = await connect(identity=actor)
     if args.amendment:
         payload["amendment"] = args.amendment
     else:
-        payload["stage"] = args.stage
+        payload["stage"] = args.stage or await _awaited(client, args.id)
     if args.key:
         payload = await sign_payload(client, args.id, "approve", payload, Path(args.key))
     result = await rc.act(client, args.id, "approve", payload)
     return _done(args, "approve", args.id, result)
+
+
+async def _awaited(client: Any, ident: str) -> str:
+    """The one stage whose entry is awaited, from the rollout's status; refused when none is."""
+    st = await rc.status(client, ident)
+    stage = awaited_stage(st)
+    if stage is None:
+        raise RefusedError(
+            f"{st.get('workflow_id', ident)} awaits no stage approval (it is {st.get('status')} at {st.get('stage')}); "
+            "pass --stage STAGE to name one"
+        )
+    return stage
 
 
 async def cmd_simple(args: argparse.Namespace) -> int:
@@ -224,31 +209,4 @@ async def cmd_amend(args: argparse.Namespace) -> int:
     else:
         print(f"amendment {plan.plan_hash()} proposed; approve it with:")
         print(f"  rollout approve {args.id} --amendment {plan.plan_hash()} --role ROLE --as IDENTITY")
-    return 0
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    priv = base64.b64encode(
-        key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    ).decode()
-    pub = base64.b64encode(
-        key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    ).decode()
-    if args.out:
-        out = Path(args.out)
-        out.write_text(priv + "\n")
-        out.chmod(0o600)
-    if args.json:
-        print_json({"public_key": pub, **({"private_key_file": args.out} if args.out else {"private_key": priv})})
-    else:
-        print(f"public_key: {pub}    # put under public_keys: {{<identity>: ...}} in the plan")
-        if not args.out:
-            print(f"private_key: {priv}    # keep secret; pass a file holding it to rollout approve --key")
-        else:
-            print(f"private key written to {args.out}")
-    sys.stdout.flush()
     return 0
