@@ -24,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from tests.promstack import free_port
-from worker.receiver import create_app, parse_body, workflow_id_candidates
+from worker.receiver import Limits, clip, create_app, json_size, parse_body, workflow_id_candidates
 
 TOKEN = "test-receiver-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -32,10 +32,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @workflow.defn(name="BreachSink")
 class BreachSink:
-    """Stand-in rollout: records every report_breach payload; `finish` closes it."""
+    """Stand-in rollout: records every report_breach and report_resolved payload; `finish` closes it."""
 
     def __init__(self) -> None:
         self._reports: list[dict[str, Any]] = []
+        self._resolved: list[dict[str, Any]] = []
         self._done = False
 
     @workflow.run
@@ -46,6 +47,14 @@ class BreachSink:
     @workflow.signal
     def report_breach(self, payload: dict[str, Any]) -> None:
         self._reports.append(payload)
+
+    @workflow.signal
+    def report_resolved(self, payload: dict[str, Any]) -> None:
+        self._resolved.append(payload)
+
+    @workflow.query
+    def resolutions(self) -> list[dict[str, Any]]:
+        return self._resolved
 
     @workflow.signal
     def finish(self) -> None:
@@ -72,6 +81,15 @@ async def start_sink(client: Client, queue: str, name: str | None = None) -> tup
     name = name or f"recv-{uuid.uuid4().hex[:10]}"
     handle = await client.start_workflow(BreachSink.run, id=f"rollout-{name}", task_queue=queue)
     return name, handle
+
+
+async def resolutions(handle: WorkflowHandle[Any, Any], at_least: int) -> list[dict[str, Any]]:
+    for _ in range(200):
+        got: list[dict[str, Any]] = await handle.query(BreachSink.resolutions)
+        if len(got) >= at_least:
+            return got
+        await asyncio.sleep(0.05)
+    return got
 
 
 async def breaches(handle: WorkflowHandle[Any, Any], at_least: int = 0, within: float = 10.0) -> list[dict[str, Any]]:
@@ -267,20 +285,65 @@ async def test_duplicates_are_harmless(http: httpx.AsyncClient, dev_env: Workflo
     await handle.signal(BreachSink.finish)
 
 
-async def test_resolved_alerts_are_recorded_not_signalled(
-    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str, caplog: pytest.LogCaptureFixture
+async def test_resolved_alert_becomes_report_resolved_with_ends_at(
+    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str
 ) -> None:
     name, handle = await start_sink(dev_env.client, sink_queue)
-    caplog.set_level("INFO", logger="rollout.receiver")
-    r = await http.post("/alertmanager", json=webhook(alert(name, status="resolved"), status="resolved"), headers=AUTH)
-    assert r.status_code == 200
+    a = alert(name, status="resolved", stage="pilot")
+    r = await http.post("/alertmanager", json=webhook(a, status="resolved"), headers=AUTH)
+    assert r.status_code == 200, r.text
     body = r.json()
     assert body["signalled"] == []
     assert body["resolved_recorded"][0]["rollout"] == name
-    assert body["resolved_recorded"][0]["endsAt"] == "2026-01-02T03:09:05Z"
-    assert "resolved alert recorded" in caplog.text
-    await asyncio.sleep(0.3)
-    assert await breaches(handle) == []
+    assert body["resolved_recorded"][0]["workflow_id"] == f"rollout-{name}"
+    got = await resolutions(handle, 1)
+    assert got == [
+        {
+            "source": "alertmanager",
+            "threshold": "error_rate",
+            "observed_at": "2026-01-02T03:09:05+00:00",
+            "detail": {
+                "labels": a["labels"],
+                "annotations": a["annotations"],
+                "fingerprint": "c0ffee0123456789",
+                "generatorURL": a["generatorURL"],
+                "receiver": "staged-rollout",
+                "groupKey": '{}:{rollout="x"}',
+                "status": "resolved",
+                "startsAt": a["startsAt"],
+                "endsAt": "2026-01-02T03:09:05Z",
+                "externalURL": "http://127.0.0.1:9093",
+            },
+        }
+    ]
+    assert await breaches(handle) == []  # a resolved alert is never a breach
+    await handle.signal(BreachSink.finish)
+
+
+async def test_stage_label_is_passed_as_stage(
+    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str
+) -> None:
+    name, handle = await start_sink(dev_env.client, sink_queue)
+    r = await http.post("/alertmanager", json=webhook(alert(name, stage="limited-25"), alert(name, threshold="x")),
+                        headers=AUTH)
+    assert r.status_code == 200, r.text
+    got = await breaches(handle, 2)
+    assert [g.get("stage") for g in got] == ["limited-25", None]
+    assert "stage" not in got[1]
+    await handle.signal(BreachSink.finish)
+
+
+async def test_no_data_alert_of_an_on_no_data_hold_threshold_only_holds(
+    http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str
+) -> None:
+    name, handle = await start_sink(dev_env.client, sink_queue)
+    held = alert(name, on_no_data="hold", stage="pilot", alertname="RolloutThresholdNoData")
+    breach = alert(name, threshold="latency", on_no_data="breach", alertname="RolloutThresholdNoData")
+    r = await http.post("/alertmanager", json=webhook(held, breach), headers=AUTH)
+    assert r.status_code == 200, r.text
+    got = await breaches(handle, 2)
+    assert got[0]["threshold"] is None and got[0]["detail"]["no_data_threshold"] == "error_rate"
+    assert got[1]["threshold"] == "latency"  # on_no_data: breach is a breach of the threshold
     await handle.signal(BreachSink.finish)
 
 
@@ -293,6 +356,7 @@ async def test_mixed_batch_delivers_what_it_can(
     assert r.status_code == 200
     out = r.json()
     assert [s["index"] for s in out["signalled"]] == [1]
+    assert await resolutions(handle, 1)
     assert [e["index"] for e in out["errors"]] == [0]
     assert [x["index"] for x in out["resolved_recorded"]] == [2]
     got = await breaches(handle, 1)
@@ -319,6 +383,140 @@ def test_parse_body_accepts_real_alertmanager_timestamps() -> None:
 def test_create_app_needs_a_token() -> None:
     with pytest.raises(ValueError):
         create_app(None, "  ")  # type: ignore[arg-type]
+
+
+# ---- bounded inputs ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def big_http(dev_env: WorkflowEnvironment) -> AsyncIterator[httpx.AsyncClient]:
+    """The receiver with its default limits (1 MiB bodies, 100 alerts, 1 KiB values, 16 KiB signals)."""
+    app = create_app(dev_env.client, TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://receiver") as c:
+        yield c
+
+
+def test_clip_marks_what_it_cut() -> None:
+    assert clip("short", 10) == ("short", False)
+    text, cut = clip("é" * 1000, 1024)  # 2000 bytes; never cuts inside a character
+    assert cut and text == "é" * 512 + "…[truncated 976 bytes]"
+
+
+async def test_200_repeats_with_a_15kb_annotation_push_nothing_big(
+    big_http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str
+) -> None:
+    name, handle = await start_sink(dev_env.client, sink_queue)
+    a = alert(name)
+    a["annotations"]["description"] = "x" * 15_000
+    r = await big_http.post("/alertmanager", json=webhook(*[a] * 200), headers=AUTH)
+    assert r.status_code == 413  # 3 MB: refused before anything is parsed
+    assert "larger than 1048576 bytes" in r.json()["error"]
+    # the same within 1 MiB (60 repeats): one signal, its annotation cut with a visible mark
+    r = await big_http.post("/alertmanager", json=webhook(*[a] * 60), headers=AUTH)
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["signalled"]) == 1 and len(r.json()["skipped"]) == 59
+    await asyncio.sleep(0.3)
+    (got,) = await breaches(handle, 1)
+    assert got["detail"]["annotations"]["description"] == "x" * 1024 + "…[truncated 13976 bytes]"
+    assert json_size(got) <= Limits().max_signal
+    await handle.signal(BreachSink.finish)
+
+
+async def test_one_alert_with_a_450kb_label_is_cut_to_a_bounded_signal(
+    big_http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str
+) -> None:
+    name, handle = await start_sink(dev_env.client, sink_queue)
+    a = alert(name, stage="pilot", huge="y" * 450_000)
+    a["annotations"].update({f"note{i}": "z" * 900 for i in range(40)})  # 36 KB of annotations
+    r = await big_http.post("/alertmanager", json=webhook(a), headers=AUTH)
+    assert r.status_code == 200, r.text[:300]
+    (got,) = await breaches(handle, 1)
+    assert json_size(got) <= Limits().max_signal
+    assert got["detail"]["truncated"] is True
+    # cut harder than 1 KiB to fit 16 KiB, the mark counting every byte cut from the original
+    assert got["detail"]["labels"]["huge"] == "y" * 256 + "…[truncated 449744 bytes]"
+    assert got["detail"]["annotations"]["note0"] == "z" * 256 + "…[truncated 644 bytes]"
+    assert got["threshold"] == "error_rate" and got["stage"] == "pilot" and got["value"] == 0.31
+    await handle.signal(BreachSink.finish)
+
+
+async def test_at_most_100_alerts_per_request_are_signalled(
+    big_http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str
+) -> None:
+    name, handle = await start_sink(dev_env.client, sink_queue)
+    alerts = [{**alert(name, n=str(i)), "fingerprint": f"fp{i}"} for i in range(130)]
+    r = await big_http.post("/alertmanager", json=webhook(*alerts), headers=AUTH)
+    assert r.status_code == 200
+    out = r.json()
+    assert len(out["signalled"]) == 100
+    assert [e["index"] for e in out["errors"]] == list(range(100, 130))
+    assert {e["status"] for e in out["errors"]} == {413}
+    assert len(await breaches(handle, 100)) == 100
+    await handle.signal(BreachSink.finish)
+
+
+async def test_many_labels_are_capped(big_http: httpx.AsyncClient, dev_env: WorkflowEnvironment, sink_queue: str) -> None:
+    name, handle = await start_sink(dev_env.client, sink_queue)
+    a = alert(name, **{f"l{i:03}": "v" for i in range(300)})
+    r = await big_http.post("/alertmanager", json=webhook(a), headers=AUTH)
+    assert r.status_code == 200
+    (got,) = await breaches(handle, 1)
+    labels = got["detail"]["labels"]
+    assert len(labels) == Limits().max_entries + 1 and labels["…"] == f"{len(a['labels']) - 64} more dropped"
+    await handle.signal(BreachSink.finish)
+
+
+# ---- health, readiness and metrics -----------------------------------------------------------
+
+
+async def test_readyz_when_temporal_answers(http: httpx.AsyncClient) -> None:
+    r = await http.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True
+
+
+async def test_readyz_is_503_when_temporal_is_unreachable() -> None:
+    client = await Client.connect(f"127.0.0.1:{free_port()}", lazy=True, data_converter=pydantic_data_converter)
+    app = create_app(client, TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c:
+        assert (await c.get("/healthz")).status_code == 200  # alive all the same
+        r = await asyncio.wait_for(c.get("/readyz"), 30)
+    assert r.status_code == 503 and r.json()["ready"] is False
+    assert "Temporal unreachable" in r.json()["reason"]
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not in metrics")
+
+
+async def test_metrics_count_requests_signals_and_errors(
+    dev_env: WorkflowEnvironment, sink_queue: str
+) -> None:
+    name, handle = await start_sink(dev_env.client, sink_queue)
+    app = create_app(dev_env.client, TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://r") as c:
+        before = (await c.get("/metrics")).text
+        assert _sample(before, "rollout_receiver_requests_total", code="200") == 0
+        a = alert(name, note="n" * 2000)
+        await c.post("/alertmanager", json=webhook(a, alert(name, status="resolved")), headers=AUTH)
+        await c.post("/alertmanager", json=webhook(alert("no-such-rollout")), headers=AUTH)
+        await c.post("/alertmanager", json=webhook(alert("x")), headers={})
+        r = await c.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert _sample(text, "rollout_receiver_requests_total", path="/alertmanager", code="200") == 1
+    assert _sample(text, "rollout_receiver_requests_total", path="/alertmanager", code="404") == 1
+    assert _sample(text, "rollout_receiver_requests_total", path="/alertmanager", code="401") == 1
+    assert _sample(text, "rollout_receiver_signals_total", signal="report_breach") == 1
+    assert _sample(text, "rollout_receiver_signals_total", signal="report_resolved") == 1
+    assert _sample(text, "rollout_receiver_errors_total", status="404") == 1
+    assert _sample(text, "rollout_receiver_truncated_values_total") == 1
+    await handle.signal(BreachSink.finish)
 
 
 # ---- fuzz: random bodies never crash the receiver -------------------------------------------
