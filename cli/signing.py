@@ -2,7 +2,8 @@
 
 The claim (rollout/signatures.py) is built from the rollout's `status`, read just
 before signing: `workflow_id`, `first_run_id`, `approvals.entry`, `plan_hash`, and
-for an amendment approval the current `stage` (whose roles approve it), for a
+for an amendment approval the stage whose roles approve it (`pending_amendment.roles_stage`,
+else the current `stage`), for a
 handoff acknowledgement the item's stage and receiving role from `pending_handoff`.
 The payload then carries `signature` (base64) and `signed_at` (RFC 3339); the
 workflow rebuilds the same claim from its own state, so a status read a moment
@@ -73,11 +74,12 @@ def approval_claim(
     """The claim of a stage approval (`stage`) or an amendment approval (`amendment`)."""
     wid, first_run, entry, plan_hash = _binding(st)
     if amendment:
+        pending = st.get("pending_amendment") or {}
         return SignedClaim(
             kind="amend",
             workflow_id=wid,
             first_run_id=first_run,
-            stage=str(st.get("stage") or ""),
+            stage=str(pending.get("roles_stage") or st.get("stage") or ""),
             entry=entry,
             role=role,
             subject=amendment,
