@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio.client import Client
 
-from worker.devstack import free_port
+from worker.devstack import free_port, free_ports, port_free
 
 ROLLOUT = str(Path(sys.executable).parent / "rollout")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "support-reply-agent.yaml"
@@ -110,6 +113,111 @@ async def test_dev_starts_persists_and_stops_cleanly(tmp_path: Path) -> None:
         assert status.returncode == 0 and "held" in status.stdout and "from the stock CLI" in status.stdout
     finally:
         assert _stop(proc) == 0
+    assert _server_pids(db) == []
+
+
+def _ports_free(ports: dict[str, int]) -> bool:
+    return all(port_free(p) for p in ports.values())
+
+
+async def test_sigkill_of_rollout_dev_leaves_no_process_and_no_port_and_it_starts_again(tmp_path: Path) -> None:
+    db = tmp_path / "temporal.db"
+    ports = {"port": free_port(), "ui": free_port(), "http": free_port()}
+    env = {**os.environ, "ROLLOUT_STATE_DIR": str(tmp_path), "TEMPORAL_ADDRESS": f"127.0.0.1:{ports['port']}",
+           "ROLLOUT_RECEIVER_TOKEN": "t0ken"}
+    env.pop("ROLLOUT_DB_URL", None)
+    proc = _start(db, ports, env)
+    try:
+        _wait_ready(proc)
+        assert len(_server_pids(db)) == 1
+        started = subprocess.run([ROLLOUT, "start", str(EXAMPLE), "--as", "alice@example.com"],
+                                 capture_output=True, text=True, env=env, timeout=60)
+        assert started.returncode == 0, started.stderr
+        proc.kill()  # SIGKILL: no handler of ours runs
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+    for _ in range(100):  # the kernel sends the dev server SIGTERM; give it time to close its database
+        if not _server_pids(db) and _ports_free(ports):
+            break
+        await asyncio.sleep(0.2)
+    assert _server_pids(db) == [], "the Temporal dev server outlived a SIGKILLed rollout dev"
+    assert _ports_free(ports), "a port of rollout dev is still held after SIGKILL"
+
+    proc = _start(db, ports, env)
+    try:
+        _wait_ready(proc)
+        status = subprocess.run([ROLLOUT, "status", "support-reply-agent", "--json"], capture_output=True,
+                                text=True, env=env, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["status"] == "awaiting_approval"
+        aborted = subprocess.run([ROLLOUT, "abort", "support-reply-agent", "--reason", "test done",
+                                  "--as", "alice@example.com"], capture_output=True, text=True, env=env, timeout=60)
+        assert aborted.returncode == 0, aborted.stderr
+    finally:
+        assert _stop(proc) == 0
+    assert _server_pids(db) == []
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--port", "--ui-port"])
+def test_a_taken_port_is_exit_2_naming_the_port_and_its_option(tmp_path: Path, option: str) -> None:
+    ports = dict(zip(("--port", "--ui-port", "--http-port"), free_ports(3), strict=True))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports[option] = taken.getsockname()[1]
+        env = {**os.environ, "ROLLOUT_STATE_DIR": str(tmp_path), "ROLLOUT_RECEIVER_TOKEN": "t0ken"}
+        env.pop("ROLLOUT_DB_URL", None)
+        argv = [x for kv in ports.items() for x in (kv[0], str(kv[1]))]
+        r = subprocess.run([ROLLOUT, "dev", *argv, "--db", str(tmp_path / "t.db")],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"port {ports[option]} ({option}) is already in use" in r.stderr
+    assert "Worker polling" not in r.stdout
+    assert _server_pids(tmp_path / "t.db") == []
+
+
+async def test_a_component_that_stops_stops_rollout_dev_with_a_message(tmp_path: Path) -> None:
+    db = tmp_path / "temporal.db"
+    ports = {"port": free_port(), "ui": free_port(), "http": free_port()}
+    env = {**os.environ, "ROLLOUT_STATE_DIR": str(tmp_path), "ROLLOUT_RECEIVER_TOKEN": "t0ken"}
+    env.pop("ROLLOUT_DB_URL", None)
+    proc = _start(db, ports, env)
+    try:
+        _wait_ready(proc)
+        [server] = _server_pids(db)
+        os.kill(server, signal.SIGKILL)  # the dev server dies under rollout dev
+        code = proc.wait(timeout=60)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 1
+    assert "the Temporal dev server exited" in out and "stopping everything" in out
+    assert _ports_free(ports)
+
+
+def test_ctrl_c_stops_rollout_dev_with_exit_130(tmp_path: Path) -> None:
+    db = tmp_path / "temporal.db"
+    ports = {"port": free_port(), "ui": free_port(), "http": free_port()}
+    env = {**os.environ, "ROLLOUT_STATE_DIR": str(tmp_path), "ROLLOUT_RECEIVER_TOKEN": "t0ken"}
+    env.pop("ROLLOUT_DB_URL", None)
+    proc = _start(db, ports, env)
+    try:
+        _wait_ready(proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert _server_pids(db) == []
 
 
