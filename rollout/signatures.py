@@ -80,6 +80,23 @@ __all__ = [
 ]
 
 
+def _load_invalid_signature_once() -> None:
+    """Make cryptography's Rust core load `cryptography.exceptions` now, at import.
+
+    It does so lazily, the first time a verification fails. Inside Temporal's workflow
+    sandbox that first import would re-import the Rust extension, which aborts the
+    process; after this call the exception type is cached for the process and a
+    refused signature inside a workflow raises InvalidSignature like anywhere else."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    try:
+        key.public_key().verify(bytes(64), b"")
+    except InvalidSignature:
+        return
+
+
+_load_invalid_signature_once()
+
+
 class SignedClaim(BaseModel):
     """What one signature vouches for. Built by the signer (the CLI) from `status`
     and by the verifier (the workflow) from its own state."""
