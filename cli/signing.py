@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from temporalio.client import Client
 
-from rollout.errors import UsageError
+from rollout.errors import RefusedError, UsageError
 from rollout.signatures import SignedClaim, format_signed_at, sign_claim
 from worker import client as rc
 
@@ -43,6 +43,8 @@ def load_private_key(key_file: Path) -> Ed25519PrivateKey:
 
 
 def _binding(st: Mapping[str, Any]) -> tuple[str, str, int, str]:
+    if st.get("status") == "starting":
+        raise RefusedError("the rollout is starting; try again in a moment")
     approvals = st.get("approvals") or {}
     missing = [
         k

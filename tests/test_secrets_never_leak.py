@@ -181,6 +181,7 @@ async def test_no_secret_in_history_search_attributes_status_audit_rows_or_logs(
 
         await cli("start", str(path), "--as", OWNER)
         handle = dev_env.client.get_workflow_handle(wid)
+        await wait_status(handle, lambda s: s["status"] == "awaiting_approval")
         await cli("approve", name, "--stage", "pilot", "--role", "engineering", "--as", ENG1, *key_args(ENG1))
         await wait_status(handle, lambda s: s["status"] == "soaking" and s["target_pending"] is None)
 
@@ -222,6 +223,8 @@ async def test_no_secret_in_history_search_attributes_status_audit_rows_or_logs(
     assert WEBHOOK_SECRET_ENV in history and "report_breach" in history  # payloads are decoded here
     if signed:
         assert '"signature"' in history and '"signed_at"' in history
+        # the search finds key material when it is there: the public halves are in the plan
+        assert all(raw_b64(k, public=True) in history for k in approver_keys.values())
 
     places = {
         "workflow history": history,
