@@ -258,9 +258,10 @@ async def _serve_receiver(client: Client, token: str, sock: socket.socket, start
     """The receiver's app on a socket we bound; no signal handlers (the caller owns them)."""
     import uvicorn
 
+    from worker.inbox import inbox_routes
     from worker.receiver import create_app
 
-    config = uvicorn.Config(create_app(client, token), log_level="warning", lifespan="off", access_log=False)
+    config = uvicorn.Config(create_app(client, token, routes=inbox_routes(client)), log_level="warning", lifespan="off", access_log=False)
 
     class _Server(uvicorn.Server):
         @contextlib.contextmanager

@@ -674,7 +674,9 @@ async def serve(client: Client, token: str, host: str, port: int, *, log_level: 
     """
     import uvicorn
 
-    app = create_app(client, token)
+    from worker.inbox import inbox_routes
+
+    app = create_app(client, token, routes=inbox_routes(client))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
