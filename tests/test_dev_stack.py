@@ -47,7 +47,7 @@ def _wait_ready(proc: subprocess.Popen[str], within: float = 60) -> str:
 
 
 def _server_pids(db: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"--db-filename {db}"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "--", f"--db-filename {db}"], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
 
 
