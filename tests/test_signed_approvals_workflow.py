@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,6 +31,7 @@ from cli.signing import approval_claim, signed_fields
 from rollout.plan import validate_plan_data
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK, plan_dict
 from worker import client as rc
+from worker import receiver as alert_receiver
 from worker.main import build_worker
 
 KEYS = {who: Ed25519PrivateKey.generate() for who in (RISK, ENG1, ENG2, OWNER, OPS)}
@@ -141,4 +143,78 @@ async def test_signed_approval_from_a_previous_run_of_the_same_id_is_refused(
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await second.execute_update("approve", payload, result_type=dict)
     assert "does not verify" in str(info.value.cause)
+    await rc.act(client, wid, "abort", {"actor": OWNER, "reason": "end of test"})
+
+
+def _alert(wid: str, status: str, **labels: str) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return {
+        "status": status,
+        "labels": {"alertname": "RolloutErrorRateHigh", "rollout": wid, "threshold": "error_rate", **labels},
+        "annotations": {"value": "0.31"},
+        "startsAt": now,
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else now,
+        "generatorURL": "http://127.0.0.1:9090/graph",
+        "fingerprint": uuid.uuid4().hex[:16],
+    }
+
+
+def _webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": "4",
+        "groupKey": "{}",
+        "truncatedAlerts": 0,
+        "status": alerts[0]["status"],
+        "receiver": "staged-rollout",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": list(alerts),
+    }
+
+
+async def test_receiver_token_reports_breaches_but_never_approves_or_resumes(
+    dev_env: WorkflowEnvironment, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever holds the receiver token can hold a rollout (a breach), nothing more: alerts
+    labelled to look like approvals, resumes or acknowledgements change no approval and
+    resume nothing, and a resolved alert never resumes."""
+    monkeypatch.setenv("ROLLOUT_TASK_QUEUE", queue)
+    token = "stolen-" + uuid.uuid4().hex
+    app = alert_receiver.create_app(dev_env.client, token)
+    d = plan_dict(f"token-{uuid.uuid4().hex[:6]}")
+    d["require_signed_approvals"] = True
+    d["public_keys"] = {who: _pub(k) for who, k in KEYS.items()}
+    d["stages"][0]["window"] = "1h"
+    plan = validate_plan_data(d)
+    client = dev_env.client
+    handle = await rc.start(client, plan, workflow_id=f"rollout-{plan.name}", started_by=OWNER)
+    wid = handle.id
+    await wait_status(handle, lambda s: s["status"] == "awaiting_approval")
+    posing = [
+        _alert(wid, "firing", action="approve", role="engineering", actor=ENG1, stage="pilot"),
+        _alert(wid, "firing", alertname="approve", action="resume", actor=IR),
+        _alert(wid, "resolved", action="acknowledge", actor=IR),
+    ]
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://receiver") as http:
+        for a in posing:
+            r = await http.post("/alertmanager", json=_webhook(a), headers=auth)
+            assert r.status_code in (200, 409), r.text
+        st = await handle.query("status", result_type=dict)
+        assert st["approvals"]["given"] == {} and st["exposure"]["percent"] == 0
+
+        payload = await signed_approval(handle, ENG1, "pilot", "engineering")
+        await rc.act(client, wid, "approve", payload)
+        await wait_status(handle, lambda s: s["status"] == "soaking" and s["target_pending"] is None)
+        r = await http.post("/alertmanager", json=_webhook(_alert(wid, "firing")), headers=auth)
+        assert r.status_code == 200, r.text
+        await wait_status(handle, lambda s: s["status"] == "held")
+        for a in (_alert(wid, "resolved"), _alert(wid, "firing", action="resume", actor=IR)):
+            r = await http.post("/alertmanager", json=_webhook(a), headers=auth)
+            assert r.status_code == 200, r.text
+        await asyncio.sleep(1.0)  # give any (wrong) resume time to land
+        st = await handle.query("status", result_type=dict)
+        assert st["status"] == "held" and st["exposure"]["frozen"] is True
     await rc.act(client, wid, "abort", {"actor": OWNER, "reason": "end of test"})
