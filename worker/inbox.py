@@ -478,7 +478,10 @@ def plan_diff(old: Plan, new: Plan) -> list[str]:
 
 
 def _who_missing(plan: Plan | None, roles: list[str]) -> dict[str, list[str]]:
-    return {r: (plan.approvers.get(r, []) if plan else []) for r in roles}
+    """Who may still give each missing role (the rollout owner never approves their own)."""
+    if plan is None:
+        return {r: [] for r in roles}
+    return {r: [x for x in plan.approvers.get(r, []) if x != plan.owners.rollout] for r in roles}
 
 
 def build_view(me: str, rollouts: list[RolloutInfo]) -> InboxView:
