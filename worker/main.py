@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.audit import AuditActivities
@@ -19,6 +20,7 @@ from activities.monitor import monitor_thresholds
 from activities.notify import send_notifications
 from activities.targets import apply_exposure
 from worker.connect import connect, task_queue
+from worker.metrics import ActivityTelemetry, CollectorSettings, WorkerTelemetry
 from workflows.staged_rollout import StagedRollout
 
 log = logging.getLogger("rollout.worker")
@@ -53,19 +55,22 @@ def build_worker(
         workflows=[StagedRollout],
         activities=acts,
         max_concurrent_activities=200,
+        interceptors=[ActivityTelemetry()],
     )
 
 
-def metrics_runtime(address: str) -> Runtime:
-    """A Temporal runtime that serves the worker's metrics (task latencies, slots, polls,
-    activity and workflow counters) for Prometheus at http://<address>/metrics."""
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+async def run_worker(
+    stop: asyncio.Event | None = None,
+    metrics_address: str | None = None,
+    collector: CollectorSettings | None = None,
+) -> None:
+    """`rollout worker`: connect, migrate the audit store, run until SIGINT/SIGTERM.
 
-
-async def run_worker(stop: asyncio.Event | None = None, metrics_address: str | None = None) -> None:
-    """`rollout worker`: connect, migrate the audit store, run until SIGINT/SIGTERM."""
-    runtime = metrics_runtime(metrics_address) if metrics_address else None
-    client = await connect(identity=f"rollout-worker@{socket.gethostname()}", runtime=runtime)
+    With `metrics_address`, serve `/metrics` (Temporal SDK, activity and controller
+    metrics), `/healthz` and `/readyz` there (worker/metrics.py)."""
+    identity = f"rollout-worker@{socket.gethostname()}:{os.getpid()}"
+    telemetry = WorkerTelemetry(task_queue(), identity, collector) if metrics_address else None
+    client = await connect(identity=identity, runtime=telemetry.runtime if telemetry else None)
     store = AuditStore.from_env()
     await store.migrate()
     stop = stop or asyncio.Event()
@@ -76,7 +81,11 @@ async def run_worker(stop: asyncio.Event | None = None, metrics_address: str | N
     log.info("worker polling task queue %s%s", task_queue(),
              f"; metrics on http://{metrics_address}/metrics" if metrics_address else "")
     try:
-        async with worker:
+        async with worker, (
+            telemetry.serving(metrics_address, client, worker)
+            if telemetry and metrics_address
+            else contextlib.nullcontext()
+        ):
             await stop.wait()
     finally:
         await store.close()
