@@ -87,8 +87,8 @@ async def sign_in(drv: WebDriver, base: str, identity: str) -> None:
     await wait_for(lambda: drv.find_element(By.ID, "identity").text == identity, "signed-in page")
 
 
-async def wait_for(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
