@@ -182,7 +182,11 @@ async def test_worker_serves_controller_metrics_health_and_readiness(
             assert (sample(text, "rollout_audit_rows_total") or 0) >= 2
             assert (sample(text, "rollout_task_queue_pollers", task_queue=queue, type="workflow") or 0) >= 1
             assert (sample(text, "rollout_collector_last_success_timestamp_seconds") or 0) > 0
-            assert 'activity_type="apply_exposure"' in text and "temporal_" in text  # the SDK's own metrics
+            assert 'activity_type="apply_exposure"' in text  # the SDK's own metrics, and those deploy/ uses
+            from tests.test_deploy import SDK_METRICS_USED
+
+            for name in SDK_METRICS_USED:
+                assert sample(text, name) is not None, name
 
             async def by_status() -> str | None:
                 text = (await http.get("/metrics")).text
