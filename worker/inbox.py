@@ -235,7 +235,13 @@ class PlanCache:
 
 
 class RolloutReader:
-    """Open rollouts and their `status`, refreshed at most every `ttl` seconds."""
+    """Open rollouts and their `status`.
+
+    A page never waits for a refresh once something has been read: results older than
+    `ttl` seconds are served while one background refresh runs (stale for at most the
+    time one refresh takes). Only the first read, and the first after an action
+    (`invalidate`), waits for fresh results.
+    """
 
     def __init__(self, client: Client, *, ttl: float = 2.0, concurrency: int = 16, limit: int = 5000) -> None:
         self.client = client
@@ -245,10 +251,12 @@ class RolloutReader:
         self._sem = asyncio.Semaphore(concurrency)
         self._lock = asyncio.Lock()
         self._at = -1e9
-        self._items: list[RolloutInfo] = []
+        self._items: list[RolloutInfo] | None = None
+        self._must_wait = True
+        self._background: asyncio.Task[None] | None = None
 
     def invalidate(self) -> None:
-        self._at = -1e9
+        self._must_wait = True
 
     async def _one(self, wid: str) -> RolloutInfo:
         async with self._sem:
@@ -259,7 +267,8 @@ class RolloutReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                return RolloutInfo(wid, None, error=f"status unavailable: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+                first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                return RolloutInfo(wid, None, error=f"status unavailable: {first}")
             info = RolloutInfo(wid, st)
             if _needs_plan(st):
                 info.plan = _plan_in_status(st) or await self.plans.get(wid, st.get("plan_hash"))
@@ -268,18 +277,35 @@ class RolloutReader:
                     info.amended_plan = await self.plans.get(wid, pending.get("plan_hash"))
             return info
 
-    async def snapshot(self) -> list[RolloutInfo]:
+    async def _refresh(self) -> list[RolloutInfo]:
         async with self._lock:
-            if time.monotonic() - self._at < self.ttl:
+            if time.monotonic() - self._at < self.ttl and not self._must_wait and self._items is not None:
                 return self._items
+            self._must_wait = False
+            started = time.monotonic()
             query = f"WorkflowType = '{WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
             ids: list[str] = []
             async for wf in self.client.list_workflows(query, limit=self.limit):
                 ids.append(wf.id)
             items = await asyncio.gather(*(self._one(wid) for wid in dict.fromkeys(ids)))
             self._items = sorted(items, key=lambda i: i.workflow_id)
-            self._at = time.monotonic()
+            self._at = started
             return self._items
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("inbox refresh failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    async def snapshot(self) -> list[RolloutInfo]:
+        if self._items is None or self._must_wait:
+            return await self._refresh()
+        if time.monotonic() - self._at >= self.ttl and (self._background is None or self._background.done()):
+            self._background = asyncio.create_task(self._refresh_quietly())
+        return self._items
 
 
 def _plan_in_status(st: Mapping[str, Any]) -> Plan | None:
