@@ -13,7 +13,7 @@ from typing import Any
 
 Registrar = Callable[["argparse._SubParsersAction[Any]"], None]
 
-_MODULES = ("plan", "rollouts", "watch", "keygen", "dev", "audit", "services", "completion")
+_MODULES = ("plan", "rollouts", "watch", "keygen", "dev", "audit", "services", "completion", "inbox")
 
 
 def _load() -> list[Registrar]:
