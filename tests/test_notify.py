@@ -217,13 +217,14 @@ class NotifyProbe:
 
     @workflow.run
     async def run(self, n: Notification) -> NotifyResult:
-        return await workflow.execute_activity(
+        result: NotifyResult = await workflow.execute_activity(
             "send_notifications",
             n,
             result_type=NotifyResult,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_attempts=3),
         )
+        return result
 
 
 async def test_failed_notification_completes_the_activity(dev_env: WorkflowEnvironment) -> None:
