@@ -39,7 +39,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit_store import AuditStore
-from bench.common import emit, machine, summary_ms, tool_path
+from bench.common import emit, machine, stdout_to_stderr, summary_ms, tool_path
 from rollout.plan import Plan, validate_plan_data
 from tests import plans
 from worker import client as rollout_client
@@ -180,7 +180,10 @@ def main() -> None:
     parser.add_argument("--synthetic", type=int, default=1000)
     parser.add_argument("--rollouts", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=20)
-    emit(asyncio.run(main_async(parser.parse_args())))
+    args = parser.parse_args()
+    with stdout_to_stderr():  # the dev server's banner must not mix with the JSON
+        result = asyncio.run(main_async(args))
+    emit(result)
 
 
 if __name__ == "__main__":
