@@ -150,6 +150,14 @@ def start(
     return s, run.cmds
 
 
+def rebase(state: State, base: int) -> State:
+    """The state of a fresh start moved after `base`: where earlier runs of the same id
+    left the decision and audit sequences (idempotency keys never repeat). Only for a
+    state that `start` returned and nothing else has touched."""
+    assert not state.changes, "rebase only a fresh start"
+    return state.model_copy(update={"decision_seq": state.decision_seq + base, "audit_seq": state.audit_seq + base})
+
+
 def decide(state: State, event: Event, now: datetime) -> tuple[State, list[Command]]:
     """Apply one event at time `now`: the new state and the commands to carry out.
 
@@ -474,12 +482,12 @@ class _Run:
             if idx is None:
                 return f"unknown stage '{ev.stage}'"
             if idx not in live:
-                return f"stage '{ev.stage}' has not been entered"
+                return f"stage '{ev.stage}' has not been entered yet"
             return idx
         found = policy.find_handoff_stage(plan, ev.item or "", live)
         if found is None:
             if any(h.item == ev.item for st in plan.stages for h in st.handoff):
-                return f"the stage with handoff item '{ev.item}' has not been entered"
+                return f"the stage with handoff item '{ev.item}' has not been entered yet"
             items = [h.item for i in live for h in plan.stages[i].handoff]
             return f"no entered stage has handoff item '{ev.item}' (items: {'; '.join(items) or 'none'})"
         return found
@@ -987,7 +995,7 @@ class _Run:
         rec = Breach(id=s.breach_count, at=self.now, source=source, stage=stage_name,
                      threshold=names[0] if len(names) == 1 else ",".join(n or "?" for n in names),
                      value=fresh[0][2], observed_at=observed, action=action, applied=applied, note=note or "",
-                     evidence={"breaches": [e for _, _, _, e in fresh]})
+                     evidence={**fresh[0][3], "breaches": [e for _, _, _, e in fresh]})
         rec.evidence["bundle"] = self.evidence_bundle(action if applied else None)
         if applied or (exposed is not None and s.status not in FINAL):
             s.breaches.append(rec)
@@ -1539,4 +1547,5 @@ def status(s: State, now: datetime | None = None) -> dict[str, Any]:
         "decisions": s.decision_seq,
         "audit_seq": s.audit_seq,
         "audit_head": s.audit_head,
+        "runs": s.runs,
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -492,6 +492,7 @@ class State(_M):
     decision_seq: int = 0
     audit_seq: int = 0
     audit_head: dict[str, Any] | None = None
+    runs: int = 1  # runs of this rollout id's current execution chain (continue-as-new)
 
 
 def finite(value: float | None) -> float | None:
@@ -499,3 +500,80 @@ def finite(value: float | None) -> float | None:
     if value is None or math.isnan(value) or math.isinf(value):
         return None
     return value
+
+
+# ---- payloads from outside -> events ------------------------------------------------------
+
+HUMAN_KINDS: dict[str, type[_Human]] = {
+    "approve": Approve, "reject": Reject, "hold": Hold, "resume": Resume, "rollback": Rollback,
+    "acknowledge": Acknowledge, "amend": Amend, "abort": Abort,
+}
+
+
+def _when(v: Any) -> datetime | None:
+    if isinstance(v, datetime):
+        return v if v.tzinfo else v.replace(tzinfo=UTC)
+    if isinstance(v, str):
+        try:
+            t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+    return None
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def event_from_payload(kind: str, data: Any, via: Via) -> Event:
+    """A message's payload as a machine event; one that does not validate becomes
+    `Malformed` (refused with reason `malformed: ...`, never dropped)."""
+    excerpt = bound_json(data, 512)
+    if not isinstance(data, dict):
+        return Malformed(action=kind, via=via, problem=f"the payload must be a JSON object, got {type(data).__name__}",
+                         excerpt=excerpt, actor="")
+    actor: str = data["actor"] if isinstance(data.get("actor"), str) else ""
+    try:
+        if kind in HUMAN_KINDS:
+            cls = HUMAN_KINDS[kind]
+            fields = {k: v for k, v in data.items() if k in cls.model_fields and k not in ("kind", "via")}
+            return cls.model_validate({**fields, "via": via})  # type: ignore[return-value]
+        if kind == "report_breach":
+            if not isinstance(data.get("source"), str) or not data.get("source"):
+                raise ValueError("`source` is required (who reports the breach?)")
+            known = {"source", "threshold", "value", "observed_at", "action", "detail", "stage"}
+            extra = {k: v for k, v in data.items() if k not in known}
+            detail: dict[str, Any] = {"detail": data.get("detail"), **extra}
+            if data.get("value") is not None and _number(data.get("value")) is None:
+                detail["value_raw"] = data.get("value")
+            if data.get("observed_at") is not None and _when(data.get("observed_at")) is None:
+                detail["observed_at_raw"] = data.get("observed_at")
+            return BreachReported(
+                source=data["source"],
+                threshold=data["threshold"] if isinstance(data.get("threshold"), str) and data["threshold"] else None,
+                stage=data["stage"] if isinstance(data.get("stage"), str) and data["stage"] else None,
+                value=_number(data.get("value")), observed_at=_when(data.get("observed_at")),
+                action=data["action"] if isinstance(data.get("action"), str) else None,
+                detail={k: v for k, v in detail.items() if v is not None},
+            )
+        if kind == "report_resolved":
+            if not isinstance(data.get("source"), str) or not data.get("source"):
+                raise ValueError("`source` is required (who saw the breach clear?)")
+            return Resolved(
+                source=data["source"],
+                threshold=data["threshold"] if isinstance(data.get("threshold"), str) else None,
+                observed_at=_when(data.get("observed_at")), detail=data.get("detail"),
+            )
+    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        problem = str(exc).splitlines()
+        return Malformed(action=kind, via=via, actor=clip(actor, MAX_IDENT),
+                         problem=clip("; ".join(problem[:4]), 500), excerpt=excerpt)
+    return Malformed(action=kind, via=via, actor=clip(actor, MAX_IDENT), problem=f"unknown message {kind!r}",
+                     excerpt=excerpt)

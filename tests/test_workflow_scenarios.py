@@ -328,14 +328,18 @@ async def test_ninety_day_plan_does_not_grow_history_with_time(ts_env: WorkflowE
         st["window"] = "30d"
     h = await start(ts_env.client, d, worker)
     await approve(h, "pilot", "engineering", ENG1)
-    await wait_for(h, lambda s: s["status"] == "soaking" and s["window_ends_at"] is not None)
+    # quiet: soaking, window running, every audit row written
+    await wait_for(h, lambda s: s["status"] == "soaking" and s["window_ends_at"] is not None
+                   and (s["audit_head"] or {}).get("seq") == s["audit_seq"])
     before = len((await h.fetch_history()).events)
     for _ in range(29):
         await ts_env.sleep(hours(24))
     st = await status(h)
     assert st["status"] == "soaking" and st["stage"] == "pilot"
     after = len((await h.fetch_history()).events)
-    assert after - before <= 4, f"29 days of soaking grew history by {after - before} events"
+    # at most one timer that fell due meanwhile (the target's give-up timer, never cancelled:
+    # the shell does not cancel timers) and the timer started after it; nothing per day
+    assert after - before <= 5, f"29 days of soaking grew history by {after - before} events"
     await ts_env.sleep(hours(25))
     await wait_for(h, lambda s: s["stage"] == "limited-25")
 

@@ -37,6 +37,7 @@ STARTED: list[WorkflowHandle[Any, Any]] = []  # for recording replay histories
 
 async def start(client: Client, plan: dict[str, Any], queue: str, **kw: Any) -> WorkflowHandle[Any, Any]:
     p = validate_plan_data(plan)
+    kw.setdefault("started_by", p.owners.rollout)
     wid = f"rollout-{p.name}-{uuid.uuid4().hex[:6]}"
     handle = await client.start_workflow(
         StagedRollout.run,

@@ -13,12 +13,14 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.audit import AuditActivities
 from activities.audit_store import AuditStore
 from activities.monitor import monitor_thresholds
 from activities.notify import send_notifications
 from activities.targets import apply_exposure
+from activities.watch import watch_thresholds
 from worker.connect import connect, task_queue
 from worker.metrics import ActivityTelemetry, CollectorSettings, WorkerTelemetry
 from workflows.staged_rollout import StagedRollout
@@ -28,7 +30,8 @@ log = logging.getLogger("rollout.worker")
 
 def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
     audit = AuditActivities(store)
-    return [apply_exposure, send_notifications, monitor_thresholds, audit.record_audit, audit.audit_last_seq]
+    return [apply_exposure, send_notifications, monitor_thresholds, watch_thresholds, audit.record_audit,
+            audit.audit_last_seq]
 
 
 def build_worker(
@@ -54,6 +57,10 @@ def build_worker(
         task_queue=queue or task_queue(),
         workflows=[StagedRollout],
         activities=acts,
+        # cryptography's compiled core must not be re-imported inside the sandbox
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("cryptography")
+        ),
         max_concurrent_activities=200,
         interceptors=[ActivityTelemetry()],
     )

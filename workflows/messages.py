@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from rollout.machine_model import State
+from rollout.models import AuditEvent, Notification
 from rollout.plan import Plan
-from workflows.state import RolloutState
+from workflows.legacy.state import RolloutState
 
 
 class ActionInput(BaseModel):
@@ -54,7 +56,13 @@ class BreachReport(BaseModel):
 
 
 class RolloutInput(BaseModel):
+    """The workflow's input: a plan and who starts it; after continue-as-new, what it carries."""
+
     plan: Plan
-    state: RolloutState | None = None
-    # test hook: continue-as-new once history passes this many events
+    started_by: str | None = None  # must be the plan's rollout owner
+    machine: State | None = None  # the state machine's state, carried across continue-as-new
+    outbox: list[AuditEvent] = Field(default_factory=list)  # audit rows not yet written
+    notifications: list[Notification] = Field(default_factory=list)  # not yet sent
+    state: RolloutState | None = None  # a run recorded before the state machine (legacy)
+    # continue-as-new once history passes this many events (lower in tests)
     continue_as_new_after: int = 4000
