@@ -165,6 +165,14 @@ class DevServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        # The dev server binds its own ports, so this is a check, not a reservation: it
+        # turns the common case (a port held by something else, another dev server
+        # included) into a clear error before anything starts, and keeps us from ever
+        # connecting to a foreign server on that port. A port lost in the instant after
+        # the check is still reported by the server and mapped by `failure()`.
+        for option, p in (("--port", self.port), ("--ui-port", self.ui_port)):
+            if not port_free(p):
+                raise PortInUse(p, option)
         self.db.parent.mkdir(parents=True, exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -209,10 +217,15 @@ class DevServer:
             if self.exited() is not None:
                 raise self.failure()
             try:
-                return await Client.connect(self.address, data_converter=pydantic_data_converter)
+                client = await Client.connect(self.address, data_converter=pydantic_data_converter)
             except Exception as exc:
                 last = exc
                 await asyncio.sleep(0.25)
+                continue
+            await asyncio.sleep(0.2)  # a server that lost a port race exits at once: not ours then
+            if self.exited() is not None:
+                raise self.failure()
+            return client
         raise ConnectionFailed(f"the Temporal dev server did not come up on {self.address}: {last}")
 
     def stop(self) -> None:
@@ -241,16 +254,15 @@ class Stack:
     def ui(self) -> str:
         return f"http://127.0.0.1:{self.server.ui_port}"
 
-    async def failed(self, poll: float = 0.5) -> str:
-        """Returns (with a message) as soon as a component has stopped; never otherwise."""
+    async def failed(self, poll: float = 0.5) -> RolloutError:
+        """Returns (what went wrong) as soon as a component has stopped; never otherwise."""
         while True:
-            code = self.server.exited()
-            if code is not None:
-                return f"the Temporal dev server exited (code {code}); log {self.server.log}:\n{self.server.log_tail()}"
+            if self.server.exited() is not None:
+                return self.server.failure()
             for name, task in self._watched:
                 if task.done():
                     exc = None if task.cancelled() else task.exception()
-                    return f"the {name} stopped: {exc!r}" if exc else f"the {name} stopped"
+                    return ComponentFailed(f"the {name} stopped: {exc!r}" if exc else f"the {name} stopped")
             await asyncio.sleep(poll)
 
 
@@ -371,10 +383,10 @@ async def run_dev(port: int, ui_port: int, http_port: int, db: Path | None) -> i
         stopped.cancel()
         failed.cancel()
         if failed.done() and not failed.cancelled():
-            message = failed.result()
-            print(f"rollout dev: {message.rstrip()}; stopping everything", file=sys.stderr, flush=True)
+            error = failed.result()
+            print(f"rollout dev: {error.message.rstrip()}; stopping everything", file=sys.stderr, flush=True)
             print("stopping...", flush=True)
-            return EXIT_COMPONENT_FAILED
+            return error.exit_code if isinstance(error, PortInUse) else EXIT_COMPONENT_FAILED
         print("stopping...", flush=True)
     # Ctrl-C is an interruption (130, like every command); SIGTERM a requested stop (0)
     return EXIT_INTERRUPTED if received and received[0] == signal.SIGINT else 0
