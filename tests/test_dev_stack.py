@@ -244,7 +244,8 @@ async def test_rollout_worker_runs_a_rollout_and_serves_metrics(dev_env: Any, tm
         os.environ["ROLLOUT_TASK_QUEUE"] = queue
         try:
             plan = load_plan(EXAMPLE)
-            handle = await rc.start(dev_env.client, plan, workflow_id=f"rollout-{plan.name}-{free_port()}")
+            handle = await rc.start(dev_env.client, plan, workflow_id=f"rollout-{plan.name}-{free_port()}",
+                                    started_by=plan.owners.rollout)
         finally:
             del os.environ["ROLLOUT_TASK_QUEUE"]
         await rc.act(dev_env.client, handle.id, "approve",

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from rollout import timefmt
 from rollout.errors import RefusedError
 from rollout.plan import load_plan, validate_plan_data
 from rollout.status_view import status_line
@@ -43,9 +44,12 @@ async def live_view(client: Any, wid: str, stop: asyncio.Event) -> None:
     last = ""
     while not stop.is_set():
         with contextlib.suppress(Exception):
-            line = status_line(await rc.status(client, wid))
+            st = await rc.status(client, wid)
+            line = status_line(st)  # changes with the state only
             if line != last:
-                print(f"   {DIM}[{datetime.now(UTC).strftime('%H:%M:%S')}]{RESET} {line}", flush=True)
+                now = datetime.now(UTC)
+                zone = now.astimezone().tzinfo
+                print(f"   {DIM}[{timefmt.local(now, now, zone)}]{RESET} {status_line(st, now, zone)}", flush=True)
                 last = line
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.4)
@@ -113,7 +117,8 @@ async def demo(window: str) -> int:
         owners = plan.owners
 
         say(f"alice (rollout owner) starts {plan.name}: pilot 5% -> limited 25% -> system of record, windows {window}")
-        handle = await rc.start(client, plan, workflow_id=f"rollout-{plan.name}-{secrets.token_hex(3)}")
+        handle = await rc.start(client, plan, workflow_id=f"rollout-{plan.name}-{secrets.token_hex(3)}",
+                                started_by=owners.rollout)
         wid = handle.id
         stop = asyncio.Event()
         viewer = asyncio.create_task(live_view(client, wid, stop))

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from cli.commands.common import add_json, clock
 from rollout import timefmt
-from rollout.status_view import CLOSED
+from rollout.status_view import CLOSED, status_line
 from rollout.watch_view import WatchView, change_line, watch_view
 from worker import client as rc
 from worker.connect import connect
@@ -101,7 +101,7 @@ async def cmd_watch(args: argparse.Namespace) -> int:
     if args.json:
         return await _watch_lines(client, args, lambda st: json.dumps(st, sort_keys=True, default=str))
     if not console.is_terminal:
-        return await _watch_lines(client, args, lambda st: change_line(st), stamp=True)
+        return await _watch_lines(client, args, change_line, stamp=True)
     return await _watch_live(client, args, console)
 
 
@@ -109,11 +109,11 @@ async def _watch_lines(client: Any, args: argparse.Namespace, line_of: Any, stam
     last: str | None = None
     while True:
         st = await rc.status(client, args.id)
-        line = str(line_of(st))
+        line = str(line_of(st))  # what changed is judged on the state alone, never the clock
         if line != last:
-            if stamp:
+            if stamp:  # people read it: local times with their relative part, as of now
                 now, zone = clock()
-                print(f"[{timefmt.local(now, now, zone)}] {line}", flush=True)
+                print(f"[{timefmt.local(now, now, zone)}] {status_line(st, now, zone)}", flush=True)
             else:
                 print(line, flush=True)
             last = line
