@@ -21,6 +21,7 @@ invent an answer, so failures raise:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -45,20 +46,18 @@ class QueryRejected(UsageError):
     """Prometheus refused or failed the query and said why: exit 2."""
 
 
-def grid(start_ms: int, end_ms: int, step_ms: int) -> list[int]:
+def grid(start_ms: int, end_ms: int, step_ms: int) -> range:
     """The grid times `start_ms + i * step_ms` not after `end_ms` (empty if end < start)."""
     if step_ms <= 0:
         raise ValueError("step must be at least 1 ms")
-    if end_ms < start_ms:
-        return []
-    return list(range(start_ms, end_ms + 1, step_ms))
+    return range(start_ms, max(start_ms, end_ms + 1), step_ms)
 
 
 def chunks(start_ms: int, end_ms: int, step_ms: int, max_points: int = MAX_POINTS) -> list[tuple[int, int]]:
     """Split the grid into (first, last) grid times, each chunk at most `max_points` points."""
     if max_points < 1:
         raise ValueError("max_points must be at least 1")
-    points = len(range(start_ms, end_ms + 1, step_ms)) if end_ms >= start_ms else 0
+    points = len(grid(start_ms, end_ms, step_ms))
     out: list[tuple[int, int]] = []
     first = 0
     while first < points:
@@ -72,28 +71,34 @@ def _seconds(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}"
 
 
-def _sample(raw: Any) -> tuple[int, float]:
-    if not (isinstance(raw, list) and len(raw) == 2):
-        raise ValueError(f"unexpected sample {raw!r}")
-    ts, value = raw
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not isinstance(value, str):
-        raise ValueError(f"unexpected sample {raw!r}")
-    return round(ts * 1000), float(value)  # float() reads "NaN", "+Inf", "-Inf"
-
-
-def parse_matrix(body: Any) -> dict[int, list[float]]:
-    """The samples of a successful query_range body, grouped by time (epoch ms)."""
+def parse_matrix(body: Any) -> list[dict[int, float]]:
+    """The series of a successful query_range body, each as time (epoch ms) -> value."""
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict) or data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
         raise ValueError("not a matrix result")
-    out: dict[int, list[float]] = {}
+    out: list[dict[int, float]] = []
     for series in data["result"]:
-        if not isinstance(series, dict) or not isinstance(series.get("values", []), list):
+        values = series.get("values", []) if isinstance(series, dict) else None
+        if not isinstance(values, list):
             raise ValueError("malformed series")
-        for raw in series.get("values", []):
-            at, value = _sample(raw)
-            out.setdefault(at, []).append(value)
+        try:
+            # sample values are strings: float() reads "NaN", "+Inf", "-Inf" too
+            out.append({round(ts * 1000): float(v) for ts, v in values})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed sample: {exc}") from None
     return out
+
+
+def reduce_series(threshold: Threshold, series: list[dict[int, float]], times: range) -> dict[int, float | None]:
+    """One value per time: the worst over series (`worst_value`), None where no data."""
+    if len(series) == 1:  # the usual case: no reduction needed, only NaN/Inf as no data
+        only = series[0]
+        out: dict[int, float | None] = {}
+        for at in times:
+            v = only.get(at)
+            out[at] = v if v is not None and -math.inf < v < math.inf else None
+        return out
+    return {at: th.worst_value(threshold, [s[at] for s in series if at in s]) for at in times}
 
 
 class RangeFetcher:
@@ -141,14 +146,13 @@ class RangeFetcher:
                 for first, last in chunks(start_ms, end_ms, step_ms, self.max_points)
             )
         )
-        samples: dict[int, list[float]] = {}
-        for part in parts:
-            samples.update(part)
-        return {at: th.worst_value(threshold, samples.get(at, ())) for at in grid(start_ms, end_ms, step_ms)}
+        found = [series for part in parts for series in part]
+        # series of different chunks are simply more series: each time is in one chunk only
+        return reduce_series(threshold, found, grid(start_ms, end_ms, step_ms))
 
     async def _chunk(
         self, query: str, first: int, last: int, step_ms: int, progress: Progress | None
-    ) -> dict[int, list[float]]:
+    ) -> list[dict[int, float]]:
         form = {"query": query, "start": _seconds(first), "end": _seconds(last), "step": _seconds(step_ms)}
         url = f"{self.base_url}/api/v1/query_range"
         async with self._sem:

@@ -42,13 +42,13 @@ sorted keys is the same for the same plan and data, byte for byte.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rollout import machine
-from rollout import thresholds as th
 from rollout.durations import format_duration, parse_duration
 from rollout.machine_model import (
     Acknowledge,
@@ -74,7 +74,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
 MAX_PERIOD = timedelta(days=365)
 MAX_BATCH = 4096  # evaluation times per report at most
-FETCH_POINTS = 44_000  # grid points asked for per threshold in one Need (four Prometheus queries)
+FETCH_POINTS = 11_000  # grid points asked for per threshold in one Need at least (one Prometheus query)
 SIM_RUN_ID = "simulation"
 
 Series = Mapping[str, Mapping[int, float | None]]  # "STAGE/NAME" -> epoch ms -> value (None: no data)
@@ -114,10 +114,22 @@ class Need:
 
 @dataclass
 class Worst:
-    """The worst value a threshold was evaluated at, and when (first time it was seen)."""
+    """The highest and lowest values a threshold was evaluated at, and when (first seen)."""
 
-    value: float | None = None
-    at_ms: int | None = None
+    hi: float | None = None
+    hi_at_ms: int | None = None
+    lo: float | None = None
+    lo_at_ms: int | None = None
+
+    def pick(self, t: Threshold) -> tuple[float | None, int | None]:
+        """The worst of them, as the monitor picks among series (`thresholds.worst_value`)."""
+        if self.hi is None or self.lo is None:
+            return None, None
+        if t.max is not None and self.hi > t.max:
+            return self.hi, self.hi_at_ms
+        if t.min is not None and self.lo < t.min:
+            return self.lo, self.lo_at_ms
+        return (self.hi, self.hi_at_ms) if t.max is not None else (self.lo, self.lo_at_ms)
 
 
 @dataclass(order=True)
@@ -279,26 +291,33 @@ class Simulation:
                 rows.append(row)
                 continue
             if not times:
-                end = min(to_ms(self.end), at + (self.fetch_points - 1) * self.step_ms)
-                end = at + (end - at) // self.step_ms * self.step_ms
-                return Need(spec.stage, tuple(spec.thresholds), at, end, self.step_ms)
+                return self._need(spec, at)
             break
         self._report(spec, times, rows, keys)
         return None
 
+    def _need(self, spec: WatchSpec, at: int) -> Need:
+        """Values of the watched stage from `at` on: while it soaks, through its window's end
+        and the next entry's approvals (the stage stays watched until then, unless a breach
+        moves the scope); at least `fetch_points` points; never past the period's end."""
+        s = self.state
+        horizon = at + (self.fetch_points - 1) * self.step_ms
+        if s.status == "soaking" and s.window_ends_at is not None:
+            horizon = max(horizon, to_ms(s.window_ends_at + self.approve_after) + self.step_ms)
+        end = min(to_ms(self.end), horizon)
+        end = at + (end - at) // self.step_ms * self.step_ms
+        return Need(spec.stage, tuple(spec.thresholds), at, end, self.step_ms)
+
     def _evaluations(
         self, spec: WatchSpec, times: list[int], rows: list[list[float | None]], keys: list[tuple[Threshold, str]]
     ) -> Evaluations:
-        results = [
-            Evaluation.model_construct(
-                threshold=t.name, at=from_ms(at), value=v, error=None if v is not None else "no data"
-            )
-            for at, row in zip(times, rows, strict=True)
-            for (t, _), v in zip(keys, row, strict=True)
-        ]
-        return Evaluations.model_construct(
-            kind="evaluations", stage=spec.stage, anchor=spec.anchor, through=from_ms(times[-1]), results=results
-        )
+        names = [t.name for t, _ in keys]
+        results = []
+        for at_ms, row in zip(times, rows, strict=True):
+            at = from_ms(at_ms)
+            for name, v in zip(names, row, strict=True):
+                results.append(Evaluation(threshold=name, at=at, value=v, error=None if v is not None else "no data"))
+        return Evaluations(stage=spec.stage, anchor=spec.anchor, through=from_ms(times[-1]), results=results)
 
     def _report(
         self, spec: WatchSpec, times: list[int], rows: list[list[float | None]], keys: list[tuple[Threshold, str]]
@@ -341,13 +360,16 @@ class Simulation:
         rows: list[list[float | None]],
         keys: list[tuple[Threshold, str]],
     ) -> None:
-        # only evaluations of the scope still watched were made (a report for a scope gone is dropped)
-        for at, row in zip(times, rows, strict=True):
-            for (t, key), v in zip(keys, row, strict=True):
-                if v is not None and not th.is_no_data(v):
-                    w = self.worst.setdefault(key, Worst())
-                    if w.value is None or th.worst_value(t, [w.value, v]) == v != w.value:
-                        w.value, w.at_ms = v, at
+        for i, (_t, key) in enumerate(keys):
+            w = self.worst.setdefault(key, Worst())
+            for at, row in zip(times, rows, strict=True):
+                v = row[i]
+                if v is None or not -math.inf < v < math.inf:
+                    continue
+                if w.hi is None or v > w.hi:
+                    w.hi, w.hi_at_ms = v, at
+                if w.lo is None or v < w.lo:
+                    w.lo, w.lo_at_ms = v, at
         self.now = max(self.now, from_ms(times[-1]))
         self._commit(*decided)
 
@@ -431,6 +453,11 @@ class Simulation:
         return []
 
     # ---- the answer
+
+    def worst_of(self, key: str) -> tuple[float | None, int | None]:
+        """The worst value threshold `key` ("STAGE/NAME") was evaluated at, and when (epoch ms)."""
+        w = self.worst.get(key)
+        return w.pick(self._thresholds[key]) if w is not None else (None, None)
 
     def result(self) -> dict[str, Any]:
         """The simulation's answer (see the module docstring); call after `run()` returned None."""

@@ -192,10 +192,10 @@ def render(sim: Simulation, result: dict[str, Any]) -> str:
     out.append("")
     trows = [["THRESHOLD", "EVALUATIONS", "FAILING", "NO DATA", "BREACHES", "WORST", "AT"]]
     for key, c in result["thresholds"].items():
-        w = sim.worst.get(key)
+        worst, worst_at = sim.worst_of(key)
         trows.append(
             [key, str(c["evaluations"]), str(c["failing"]), str(c["no_data"]), str(c["breaches"]),
-             _value(w.value if w else None), rfc3339(from_ms(w.at_ms)) if w and w.at_ms is not None else "-"]
+             _value(worst), rfc3339(from_ms(worst_at)) if worst_at is not None else "-"]
         )
     out += _table(trows) if len(trows) > 1 else ["(the plan has no thresholds)"]
     return "\n".join(out) + "\n"
