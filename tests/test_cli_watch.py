@@ -15,8 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from activities.audit_store import AuditStore
+from tests import plans
 from tests.plans import ENG1, ENG2, OWNER, RISK
 from tests.test_cli_rollouts import cli, short_plan, wait_status
 
@@ -73,7 +75,6 @@ async def test_watch_in_a_terminal_redraws_one_view_in_place_and_ctrl_c_exits_13
         await reader.wait_for("☐ engineering")
         assert "○ limited-25" in reader.text() and "● pilot" in reader.text()
         assert (await cli("approve", name, "--role", "engineering", "--as", ENG1, capsys=capsys))[0] == 0
-        await reader.wait_for("soaking pilot")
         await wait_status(name, capsys, lambda s: s["stage"] == "limited-25" and s["status"] == "awaiting_approval")
         await reader.wait_for("pilot's scope in force")
         assert (await cli("approve", name, "--role", "engineering", "--as", ENG2, capsys=capsys))[0] == 0
@@ -97,7 +98,12 @@ async def test_watch_piped_prints_one_line_per_change_and_returns_at_a_terminal_
     cli_worker: AuditStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     name = f"pipe-{uuid.uuid4().hex[:6]}"
-    assert (await cli("start", str(short_plan(tmp_path, name)), "--as", OWNER, capsys=capsys))[0] == 0
+    plan = plans.plan_dict(name)
+    for stage in plan["stages"]:
+        stage["window"] = "10m"  # soaking lasts until the abort, however slow this machine is
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    assert (await cli("start", str(path), "--as", OWNER, capsys=capsys))[0] == 0
     proc = subprocess.Popen([ROLLOUT, "watch", name, "--interval", "0.2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, TERM="xterm-256color"))
     assert proc.stdout is not None
@@ -120,7 +126,7 @@ async def test_watch_piped_prints_one_line_per_change_and_returns_at_a_terminal_
     bodies = [line.split("] ", 1)[1] for line in lines]
     assert all(a != b for a, b in itertools.pairwise(bodies)), "a line was printed without a change"
     assert "awaiting approval of pilot" in bodies[0]
-    assert any("soaking pilot" in b for b in bodies)
+    assert any("soaking pilot" in b for b in bodies), out
     assert "aborted" in bodies[-1] and "PAGED" not in bodies[-1]
     assert len(lines) <= 6, out
 
