@@ -43,14 +43,20 @@ async def _receiver(args: argparse.Namespace) -> int:
     client = await connect()
     print(f"Alertmanager receiver on http://{args.host}:{args.port}/alertmanager", file=sys.stderr)
     task = asyncio.create_task(serve(client, token, args.host, args.port, log_level="info"))
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM stops it gracefully
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    terminated: list[bool] = []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # SIGTERM stops it gracefully (exit 0)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         await task
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     except asyncio.CancelledError:
-        if not task.cancelled():
+        if not terminated:  # Ctrl-C: asyncio.run turns it into KeyboardInterrupt, exit 130
             raise
         print("Alertmanager receiver stopped", file=sys.stderr)
     return 0
