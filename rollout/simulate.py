@@ -191,9 +191,10 @@ class Simulation:
         self.plan_hash = plan.plan_hash()
         # signatures cannot be simulated: approvals are assumed validly signed
         self._plan = plan.model_copy(update={"require_signed_approvals": False}) if plan.require_signed_approvals else plan
-        self.start = start
-        self.end = end
-        self.approve_after = approve_after
+        # whole milliseconds (Prometheus' resolution), so that evaluation times are on its grid
+        self.start = from_ms(to_ms(start))
+        self.end = from_ms(to_ms(end))
+        self.approve_after = approve_after // MS * MS
         self.max_batch = max(1, max_batch)
         self.fetch_points = max(1, fetch_points)
         self.step_ms = _interval_ms(plan)
@@ -214,10 +215,10 @@ class Simulation:
             workflow_id=f"rollout-{plan.name}",
             first_run_id=SIM_RUN_ID,
             started_by=plan.owners.rollout,
-            now=start,
+            now=self.start,
         )
         self.state: State = state
-        self.now = start
+        self.now = self.start
         self._commit(state, cmds)
 
     # ---- data
