@@ -136,6 +136,9 @@ async def test_sigkill_of_rollout_dev_leaves_no_process_and_no_port_and_it_start
         proc.kill()  # SIGKILL: no handler of ours runs
         assert proc.wait(timeout=10) == -signal.SIGKILL
     finally:
+        if proc.poll() is None:  # an assertion failed before the kill: leave nothing running
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
     for _ in range(100):  # the kernel sends the dev server SIGTERM; give it time to close its database
