@@ -996,7 +996,7 @@ class _Run:
                      threshold=names[0] if len(names) == 1 else ",".join(n or "?" for n in names),
                      value=fresh[0][2], observed_at=observed, action=action, applied=applied, note=note or "",
                      evidence={**fresh[0][3], "breaches": [e for _, _, _, e in fresh]})
-        rec.evidence["bundle"] = self.evidence_bundle(action if applied else None)
+        rec.bundle = self.evidence_bundle(action if applied else None)
         if applied or (exposed is not None and s.status not in FINAL):
             s.breaches.append(rec)
             del s.breaches[:-MAX_OPEN_BREACHES]
@@ -1007,8 +1007,9 @@ class _Run:
         if applied:
             self.contain(action, actor=source, reason=f"breach of {', '.join(n or 'unnamed threshold' for n in names)} ({source})",
                          thresholds=[n for n in names if n], breach=rec)
-            rec.evidence["containment"] = {"action": action, "scope_after": self.scope_json()["decided"],
-                                           "escalation": s.escalation.model_dump(mode="json") if s.escalation else None}
+            rec.bundle["escalation"] = s.escalation.model_dump(mode="json") if s.escalation else None
+            rec.bundle["hold"] = s.containment.model_dump(mode="json") if s.containment else None
+            rec.bundle["scope_after"] = self.scope_json()["decided"]
         self.audit("breach", actor=source, stage=stage_name, reason=note or f"threshold {rec.threshold} breached",
                    payload={"breach": rec.model_dump(mode="json")})
         self.notify("breach", f"{self.plan.name}: breach of {rec.threshold or 'unnamed threshold'} from {source}"

@@ -383,6 +383,7 @@ class Breach(_M):
     last_seen_at: datetime | None = None
     resolved_at: datetime | None = None
     evidence: dict[str, Any] = Field(default_factory=dict)
+    bundle: dict[str, Any] = Field(default_factory=dict)  # plan hash, scope, overrides, escalation, containment
 
 
 class Containment(_M):

@@ -53,6 +53,7 @@ MAX_SIGNAL_BYTES = 64 * 1024
 AUDIT_BATCH_ROWS = 200
 AUDIT_BATCH_BYTES = 256 * 1024
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+CAN_GRACE = timedelta(seconds=10)
 ACTIONS = ("approve", "reject", "hold", "resume", "rollback", "acknowledge", "amend", "abort")
 
 
@@ -85,6 +86,7 @@ class StagedRollout:
         self._timers: set[Any] = set()  # fire times of timers started (never cancelled)
         self._sa: tuple[str, str] | None = None
         self._can_after = inp.continue_as_new_after
+        self._can_at: Any = None  # when continue-as-new goes ahead even with work in flight
         if self.s is None:  # a fresh start: decided now, so messages can be judged at once
             info = workflow.info()
             self.s, cmds = machine.start(inp.plan, workflow_id=info.workflow_id,
@@ -117,8 +119,13 @@ class StagedRollout:
             self._step()
             if self._closing is not None and self._done():
                 break
-            if self._closing is None and self._should_continue_as_new():
-                await self._continue_as_new(inp)
+            if self._closing is None and self._can_at is None and self._should_continue_as_new():
+                self._can_at = workflow.now() + CAN_GRACE  # in-flight work may finish until then
+                self._arm_timer(self._can_at)
+                if self._monitor is not None:
+                    self._monitor[1].cancel()  # it reports what it evaluated, then ends
+            if self._can_at is not None and (self._idle() or workflow.now() >= self._can_at):
+                await self._continue_as_new()
             if not self._wake:
                 await workflow.wait_condition(lambda: self._wake)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -138,10 +145,11 @@ class StagedRollout:
         if due is not None and due <= workflow.now():
             self._feed(DeadlineReached())
             self._wake = True  # look again: one deadline may bring the next
-        self._start_delivery()
-        self._start_monitor()
-        self._start_audit()
-        self._start_notifications()
+        if self._can_at is None:  # about to continue as new: nothing new starts
+            self._start_delivery()
+            self._start_monitor()
+            self._start_audit()
+            self._start_notifications()
         self._arm_timer(machine.next_deadline(self.s))
         stage, status = machine.search_attributes(self.s)
         if self._sa != (stage, status):
@@ -316,10 +324,14 @@ class StagedRollout:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > self._can_after
 
-    async def _continue_as_new(self, inp: RolloutInput) -> None:
-        if self._monitor is not None:
-            self._monitor[1].cancel()  # it reports its evaluations first (bounded by its heartbeat)
-            await workflow.wait_condition(lambda: self._monitor is None)
+    def _idle(self) -> bool:
+        return (self._monitor is None and self._delivering is None and not self._audit_busy
+                and not self._sending)
+
+    async def _continue_as_new(self) -> None:
+        """Carry the state, unsent audit rows and notifications; what is still in flight
+        after CAN_GRACE is abandoned (deliveries and audit rows are idempotent: the next
+        run sends them again)."""
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._take()  # what arrived meanwhile; anything it starts goes with the state
         s = self.s
