@@ -49,7 +49,7 @@ def plans(draw: st.DrawFn) -> Plan:
     d: dict[str, Any] = copy.deepcopy(BASE)
     d["metrics"] = {"prometheus_url": "http://127.0.0.1:1", "interval": "1h"}
     n = draw(st.integers(2, 3))
-    stages = [d["stages"][0], d["stages"][1], d["stages"][2]][:n - 1] + [d["stages"][2]]
+    stages = [*d["stages"][: n - 1], d["stages"][2]]
     stages = copy.deepcopy(stages)
     for i, s in enumerate(stages):
         s["tier"] = "pilot" if i == 0 else ("system_of_record" if i == n - 1 else "limited")
@@ -75,6 +75,7 @@ class Rollouts(RuleBasedStateMachine):
         self.now = T0
         self.state, cmds = machine.start(plan, workflow_id="rollout-p", first_run_id="r1", started_by=OWNER, now=T0)
         self.events: list[tuple[Event, Any]] = []
+        self.commands: list[Any] = []
         self.keys: list[int] = []
         self.contained_since_resume = False
         self.last_percent = 0.0
@@ -91,6 +92,7 @@ class Rollouts(RuleBasedStateMachine):
         _, twin_cmds = machine.decide(twin, ev, self.now)
         assert [c.model_dump() for c in cmds] == [c.model_dump() for c in twin_cmds]
         self.events.append((ev, self.now))
+        self.commands.extend(c.model_dump() for c in cmds)
         self.check_commands(cmds, before)
         if self.auto_ack:
             for c in cmds:
@@ -212,10 +214,12 @@ class Rollouts(RuleBasedStateMachine):
     def same_events_give_same_commands(self) -> None:
         if len(self.events) % 15 != 14:
             return  # replaying everything each step is slow; every 15th step is plenty
-        state, cmds = machine.start(self.plan, workflow_id="rollout-p", first_run_id="r1", started_by=OWNER, now=T0)
+        state, _ = machine.start(self.plan, workflow_id="rollout-p", first_run_id="r1", started_by=OWNER, now=T0)
+        given: list[Any] = []
         for ev, at in self.events:
             state, cmds = machine.decide(state, ev, at)
-        assert state.model_dump() == self.state.model_dump()
+            given.extend(c.model_dump() for c in cmds)
+        assert given == self.commands and state.model_dump() == self.state.model_dump()
 
 
 Rollouts.TestCase.settings = settings(
