@@ -1488,6 +1488,7 @@ def status(s: State, now: datetime | None = None) -> dict[str, Any]:
         "first_run_id": s.first_run_id,
         "name": plan.name,
         "plan_hash": s.plan_hash,
+        "plan": plan.model_dump(mode="json", by_alias=True),
         "owners": plan.owners.by_key(),
         "started_by": s.started_by,
         "stage": stage.name,

@@ -783,3 +783,46 @@ def test_every_containment_goes_to_the_notifiers() -> None:
     k = pilot_soaking(d)
     k.send(Hold(actor=RISK, reason="x"))
     assert any(isinstance(c, Notify) and c.notification.event == "hold" for c in k.log)
+
+
+# ---- the fifteen behaviours of issue 11 not covered above ---------------------------------
+
+
+def test_an_amendment_applied_mid_window_keeps_the_evaluations_already_made() -> None:
+    d = watched(threshold(on_no_data="ignore"), interval="1h")
+    k = pilot_soaking(d)
+    for _ in range(30):
+        k.evaluate({"errors": 0.0})
+    new_plan = copy.deepcopy(d)
+    new_plan["description"] = "amended mid-window"
+    k.send(Amend(actor=OWNER, plan=new_plan))
+    k.send(Approve(actor=ENG1, amendment=k.status()["pending_amendment"]["plan_hash"], role="engineering"))
+    for _ in range(42):
+        k.evaluate({"errors": 0.0})
+    assert k.status()["stage"] == "limited-25" and k.s.coverage == {"errors": 1.0}
+
+
+def test_a_manual_hold_while_rolled_back_freezes_the_scope_in_force() -> None:
+    k = Kit()
+    into_limited(k)
+    k.send(Rollback(actor=RISK, reason="bad"))
+    assert k.refusal(Hold(actor=RISK, reason="freeze")) is None
+    k.send(Hold(actor=RISK, reason="freeze"))
+    assert k.s.status == "rolled_back" and k.changes()[-1].frozen and k.changes()[-1].percent == 5
+
+
+def test_after_a_reject_the_exposed_stage_is_watched_and_contained() -> None:
+    k = Kit(watched(threshold(action="rollback"), interval="1h"))
+    through_pilot(k)
+    k.send(Reject(actor=OPS, stage="limited-25", role="operations", reason="not yet"))
+    assert k.refusal(Hold(actor=RISK, reason="x")) is None  # a reject is not a containment
+    k.evaluate({"errors": 5.0})
+    assert k.s.status == "rolled_back" and k.status()["exposure_stage"] is None
+
+
+def test_breaches_are_judged_against_the_thresholds_of_the_exposed_stage() -> None:
+    d = with_thresholds(watched(threshold(action="rollback"), interval="1h"), 1, threshold(action="hold"))
+    k = Kit(d)
+    through_pilot(k)  # awaiting limited-25: the pilot's scope is in force
+    k.send(BreachReported(source="am", threshold="errors", observed_at=k.now))
+    assert k.s.containment is not None and k.s.containment.kind == "rollback"
