@@ -131,7 +131,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 async def job() -> None:
                     plan = validate_plan_data(plans.plan_dict(name=f"bench-{run}-{i}"))
                     t = time.perf_counter()
-                    h = await rollout_client.start(client, plan)
+                    h = await rollout_client.start(client, plan, started_by=plan.owners.rollout)
                     start_s.append(time.perf_counter() - t)
                     handles.append(h)
 
