@@ -1,0 +1,90 @@
+"""Reading workflow histories in tests: task failures, patch markers, workflow tasks and their commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+
+E = EventType
+# events a workflow task's completion writes: its commands and its protocol messages (updates)
+COMMAND_EVENTS = frozenset({
+    E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+    E.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED,
+    E.EVENT_TYPE_TIMER_STARTED,
+    E.EVENT_TYPE_TIMER_CANCELED,
+    E.EVENT_TYPE_MARKER_RECORDED,
+    E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES,
+    E.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_REJECTED,
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED,
+    E.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED,
+    E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+    E.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+})
+
+
+def name(ev: HistoryEvent) -> str:
+    return E.Name(ev.event_type).removeprefix("EVENT_TYPE_")
+
+
+def failures(events: Iterable[HistoryEvent]) -> list[str]:
+    """Every WorkflowTaskFailed, with its event id and message."""
+    return [f"{e.event_id}: {e.workflow_task_failed_event_attributes.failure.message[:300]}"
+            for e in events if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+
+
+def patch_ids(events: Iterable[HistoryEvent]) -> list[str]:
+    """The ids of the patch markers (`workflow.patched`) recorded."""
+    ids: list[str] = []
+    for e in events:
+        if e.event_type != E.EVENT_TYPE_MARKER_RECORDED:
+            continue
+        attrs = e.marker_recorded_event_attributes
+        if attrs.marker_name != "core_patch":
+            continue
+        for p in attrs.details["patch_data"].payloads:
+            ids.append(str(json.loads(p.data)["id"]))
+    return ids
+
+
+@dataclass(frozen=True)
+class Task:
+    """One completed workflow task: what arrived since the previous one, and what it wrote."""
+
+    completed_id: int
+    inputs: list[str]  # events between the previous task's writes and this task's start
+    writes: list[str]  # commands and update messages written on completion
+
+
+def tasks(events: list[HistoryEvent]) -> list[Task]:
+    out: list[Task] = []
+    inputs: list[str] = []
+    i = 0
+    while i < len(events):
+        e = events[i]
+        if e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            writes: list[str] = []
+            j = i + 1
+            while j < len(events) and events[j].event_type in COMMAND_EVENTS:
+                writes.append(name(events[j]))
+                j += 1
+            out.append(Task(e.event_id, inputs, writes))
+            inputs = []
+            i = j
+            continue
+        if e.event_type not in (E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, E.EVENT_TYPE_WORKFLOW_TASK_STARTED):
+            inputs.append(name(e))
+        i += 1
+    return out
+
+
+def outline(events: Iterable[HistoryEvent]) -> str:
+    return " | ".join(f"{e.event_id}:{name(e)}" for e in events)
