@@ -50,7 +50,7 @@ def patch_ids(events: Iterable[HistoryEvent]) -> list[str]:
         attrs = e.marker_recorded_event_attributes
         if attrs.marker_name != "core_patch":
             continue
-        for p in attrs.details["patch_data"].payloads:
+        for p in attrs.details["patch-data"].payloads:
             ids.append(str(json.loads(p.data)["id"]))
     return ids
 
