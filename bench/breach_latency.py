@@ -34,7 +34,16 @@ from temporalio.client import WorkflowHandle
 
 from bench.common import Deadline, emit, machine, percentile, rss_kb, stdout_to_stderr
 from bench.floor import BenchFloor, floor_change, floor_worker
-from bench.stack import SECRET_ENV, bounded, breach_payload, is_containment, soak, stack
+from bench.stack import (
+    SECRET_ENV,
+    activity_timings,
+    bounded,
+    breach_payload,
+    is_containment,
+    progress,
+    soak,
+    stack,
+)
 
 GOALS = {"ratio_p50": 1.5, "ratio_p99": 2.0}
 
@@ -90,6 +99,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             except TimeoutError:
                 errors.append(f"{rid}: floor request not received within 60 s")
 
+        progress(f"floor workflows started; {min(args.sequential, len(handles))} breaches one at a time")
         sequential = min(args.sequential, len(handles))
         seq_lat: list[float] = []
         seq_floor: list[float] = []
@@ -103,9 +113,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for i, h in enumerate(rest):  # interleaved in one pool, args.in_flight at a time
             jobs.append(functools.partial(one_floor, i, conc_floor))
             jobs.append(functools.partial(one_breach, h, conc_lat))
+        progress(f"{len(rest)} breaches and as many floor signals, {args.in_flight} in flight")
         t1 = time.perf_counter()
-        await asyncio.wait_for(bounded(args.in_flight, jobs), budget.left())
+        try:
+            await asyncio.wait_for(bounded(args.in_flight, jobs), budget.left(30))
+        except TimeoutError:
+            errors.append(f"budget spent in the in-flight phase: {len(conc_lat)} of {len(rest)} breach samples")
         conc_wall = time.perf_counter() - t1
+        progress("in-flight phase done; checking statuses")
         for f in floors:
             await f.signal(BenchFloor.stop)
         # held means held: the status of every breached rollout
@@ -120,8 +135,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
             return job
 
-        await bounded(50, [check(h) for h in handles])
+        await asyncio.wait_for(bounded(50, [check(h) for h in handles]), budget.left(60))
         rss_after = rss_kb() if not s.external else None
+        timings = {"one_at_a_time": await activity_timings(handles[:sequential]),
+                   "in_flight": await activity_timings(rest)}
         server = "TEMPORAL_ADDRESS " + s.address if s.external else "temporal dev server (start_local, in memory)"
     one = figures(seq_lat, seq_floor)
     many = figures(conc_lat, conc_floor)
@@ -138,6 +155,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "one_at_a_time": all((one[k] or 1e9) <= v for k, v in GOALS.items()),
             "in_flight": all((many[k] or 1e9) <= v for k, v in GOALS.items()),
         },
+        "where_the_time_goes": timings,
         "soak_s": round(soak_s, 1),
         "soak_phases": soak_times,
         "not_held_after": not_held,

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 import tempfile
 import time
 import uuid
@@ -47,6 +48,14 @@ from worker.connect import connect, task_queue
 from worker.example_target import running
 from worker.main import build_worker
 from workflows import search_attrs
+
+_T0 = time.perf_counter()
+
+
+def progress(msg: str) -> None:
+    """One progress line on stderr (stdout is for the JSON)."""
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
 
 SECRET_ENV = "ROLLOUT_WEBHOOK_SECRET"  # noqa: S105 - the env var's name
 CONTAINMENT = ("hold", "narrow", "rollback")
@@ -242,11 +251,14 @@ async def soak(
                                                "comment": "bench"}, result_type=dict)
             await asyncio.wait_for(entered, budget_s)
             handles.append(h)
+            if len(handles) % 100 == 0:
+                progress(f"{len(handles)}/{n} rollouts entered the pilot")
 
         return job
 
     await asyncio.wait_for(bounded(concurrency, [starter(i) for i in range(n)]), budget_s)
     times["start_and_enter_s"] = round(time.perf_counter() - t0, 2)
+    progress(f"{n} rollouts entered the pilot in {times['start_and_enter_s']} s; confirming the windows run")
     # the target's answer lands in the workflow a moment after it was sent: wait for the window
     t1 = time.perf_counter()
     pending = list(handles)
@@ -269,6 +281,7 @@ async def soak(
     if pending:
         raise RuntimeError(f"{len(pending)} rollouts not soaking within {budget_s:.0f}s")
     times["confirm_soaking_s"] = round(time.perf_counter() - t1, 2)
+    progress(f"{n} rollouts soaking (confirmed in {times['confirm_soaking_s']} s)")
     handles.sort(key=lambda h: h.id)
     return handles, times
 
@@ -279,3 +292,126 @@ def breach_payload(threshold: str = "error_rate", source: str = "bench") -> dict
     return {"source": source, "threshold": threshold, "value": 0.5, "action": "hold",
             "observed_at": datetime.now(UTC).isoformat(), "detail": {"bench": True}}
 
+
+
+async def activity_timings(handles: list[WorkflowHandle[Any, Any]], signal_name: str = "report_breach",
+                           sample: int = 30) -> dict[str, Any]:
+    """Where the time goes after a signal, from the histories of up to `sample` rollouts: per
+    activity type, scheduled→started (waiting for a worker slot or poller) and started→closed
+    (running), and signal→first workflow task completed, in milliseconds (p50 / max)."""
+    from temporalio.api.enums.v1 import EventType as ET
+
+    waits: dict[str, list[float]] = {}
+    runs: dict[str, list[float]] = {}
+    first_task: list[float] = []
+    for h in handles[:sample]:
+        hist = await h.fetch_history()
+        sig_at: float | None = None
+        sched: dict[int, tuple[str, float]] = {}
+        started: dict[int, float] = {}
+        for ev in hist.events:
+            t = ev.event_time.ToDatetime().timestamp()
+            if ev.event_type == ET.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED and sig_at is None:
+                if ev.workflow_execution_signaled_event_attributes.signal_name == signal_name:
+                    sig_at = t
+                continue
+            if sig_at is None:
+                continue
+            if ev.event_type == ET.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                sched[ev.event_id] = (ev.activity_task_scheduled_event_attributes.activity_type.name, t)
+            elif ev.event_type == ET.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                started[ev.activity_task_started_event_attributes.scheduled_event_id] = t
+            elif ev.event_type in (ET.EVENT_TYPE_ACTIVITY_TASK_COMPLETED, ET.EVENT_TYPE_ACTIVITY_TASK_FAILED):
+                attrs = (ev.activity_task_completed_event_attributes
+                         if ev.event_type == ET.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                         else ev.activity_task_failed_event_attributes)
+                sid = attrs.scheduled_event_id
+                if sid in sched and sid in started:
+                    name, st = sched[sid]
+                    waits.setdefault(name, []).append(started[sid] - st)
+                    runs.setdefault(name, []).append(t - started[sid])
+        for ev in hist.events:
+            if sig_at is not None and ev.event_type == ET.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                t = ev.event_time.ToDatetime().timestamp()
+                if t >= sig_at:
+                    first_task.append(t - sig_at)
+                    break
+
+    def pct(v: list[float]) -> dict[str, Any]:
+        v = sorted(v)
+        return {"n": len(v), "p50_ms": round(v[len(v) // 2] * 1000, 1) if v else None,
+                "max_ms": round(v[-1] * 1000, 1) if v else None}
+
+    return {
+        "rollouts_sampled": min(sample, len(handles)),
+        "signal_to_workflow_task_completed": pct(first_task),
+        "scheduled_to_started": {k: pct(v) for k, v in sorted(waits.items())},
+        "started_to_closed": {k: pct(v) for k, v in sorted(runs.items())},
+    }
+
+
+class StackSampler:
+    """A poor man's profiler for this process (client, worker, receiver, target): every
+    `every` seconds, the innermost frame of the repository's own code (or of a library,
+    when no own frame is on the stack) of each thread, counted. `top()` lists the places
+    where this process spends its time, busy threads only (idle event loops and pollers
+    are waiting in selectors and are left out)."""
+
+    IDLE = ("selectors.py", "threading.py", "queue.py", "base_events.py:_run_once")
+
+    def __init__(self, every: float = 0.005) -> None:
+        import threading
+
+        self.every = every
+        self.counts: dict[str, int] = {}
+        self.libs: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StackSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import threading
+
+        root = str(Path(__file__).resolve().parent.parent)
+        me = threading.get_ident()
+        while not self._stop.wait(self.every):
+            for tid, frame in sys._current_frames().items():
+                if tid == me:
+                    continue
+                leaf = f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+                if any(leaf.startswith(i) or leaf == i for i in self.IDLE) or "select" in frame.f_code.co_name:
+                    continue
+                self.samples += 1
+                own = None
+                lib = None
+                f: Any = frame
+                while f is not None:
+                    fn = f.f_code.co_filename
+                    if lib is None and "site-packages" in fn:
+                        lib = fn.split("site-packages/")[1].split("/")[0]
+                    if own is None and fn.startswith(root) and "/.venv/" not in fn:
+                        own = f"{Path(fn).relative_to(root)}:{f.f_code.co_name}"
+                    f = f.f_back
+                if own is None and lib in (None, "aiosqlite"):
+                    continue  # an idle pool or connection thread waiting on its queue
+                key = own or f"<{lib}> {leaf}"
+                self.counts[key] = self.counts.get(key, 0) + 1
+                self.libs[lib or "stdlib"] = self.libs.get(lib or "stdlib", 0) + 1
+
+    def top(self, n: int = 15) -> dict[str, Any]:
+        total = max(1, self.samples)
+        return {
+            "busy_samples": self.samples,
+            "innermost_own_frame": [{"where": k, "share": round(v / total, 3)}
+                                    for k, v in sorted(self.counts.items(), key=lambda kv: -kv[1])[:n]],
+            "innermost_library": [{"lib": k, "share": round(v / total, 3)}
+                                  for k, v in sorted(self.libs.items(), key=lambda kv: -kv[1])[:8]],
+        }

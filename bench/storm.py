@@ -36,7 +36,7 @@ import httpx
 from temporalio.client import WorkflowHandle
 
 from bench.common import Deadline, emit, machine, stdout_to_stderr
-from bench.stack import bounded, breach_payload, soak, stack
+from bench.stack import StackSampler, activity_timings, bounded, breach_payload, progress, soak, stack
 
 GOAL_HELD_WITHIN_S = 30.0
 
@@ -70,6 +70,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         by_signal = handles[0::2]
         by_alert = handles[1::2]
         codes: Counter[int] = Counter()
+        sampler = StackSampler().__enter__() if args.profile else None
         t0 = time.perf_counter()
         sent_at: dict[str, float] = {}
 
@@ -103,12 +104,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     jobs.append(functools.partial(post, i, groups[i]))
             await asyncio.wait_for(bounded(args.senders, jobs), budget.left())
         sent_s = time.perf_counter() - t0
+        progress(f"{len(handles)} breaches sent in {sent_s:.2f} s; waiting for the target")
         # wait until every target saw a containment, then confirm the statuses
         ids = [h.id for h in handles]
         while not budget.expired():
             if all(s.target.contained(w) for w in ids):
                 break
             await asyncio.sleep(0.05)
+        if sampler is not None:
+            sampler.__exit__()
         contained_at = [min(a.at for a in s.target.contained(w)) for w in ids if s.target.contained(w)]
         last_contained_s = (max(contained_at) - t0) if contained_at else None
         statuses: dict[str, str] = {}
@@ -135,6 +139,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         lat = sorted(min(a.at for a in s.target.contained(w)) - sent_at[w]
                      for w in ids if s.target.contained(w) and w in sent_at)
         held_within = status_confirmed_s if last_contained_s is not None and not lost else None
+        timings = await activity_timings(handles[0::max(1, len(handles) // 30)])
         server = "TEMPORAL_ADDRESS " + s.address if s.external else "temporal dev server (start_local, in memory)"
     receiver_5xx = sum(c for code, c in codes.items() if code >= 500)
     return {
@@ -163,6 +168,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "lost": not lost,
             "receiver_5xx": receiver_5xx == 0,
         },
+        "where_the_time_goes": timings,
+        "profile": sampler.top() if sampler is not None else None,
         "soak_phases": soak_times,
         "errors": errors[:20],
         "error_count": len(errors),
@@ -175,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rollouts", type=int, default=1000, help="rollouts soaking, all breached (default 1000)")
     ap.add_argument("--alerts-per-post", type=int, default=10, help="alerts in one Alertmanager webhook (default 10)")
     ap.add_argument("--senders", type=int, default=200, help="signals and posts in flight while sending (default 200)")
+    ap.add_argument("--profile", action="store_true", help="sample this process's stacks during the storm")
     ap.add_argument("--timeout", type=float, default=460.0, help="overall budget in seconds (default 460)")
     args = ap.parse_args(argv)
     if not 2 <= args.rollouts <= 5000 or not 1 <= args.alerts_per_post <= 100:
