@@ -65,7 +65,7 @@ from bench.common import (
     stdout_to_stderr,
     tool_path,
 )
-from bench.stack import bounded, breach_payload, soak, stack
+from bench.stack import bounded, breach_payload, progress, soak, stack
 from tests import plans
 from tests.plans import ENG1, ENG2, IR, OPS, RISK
 from tests.wfkit import start as start_wf
@@ -197,6 +197,7 @@ async def ninety_day(env: WorkflowEnvironment, queue: str, prom: str, args: argp
         before = await total_events(client, h)
         for _ in range(29):
             await env.sleep(DAY)
+            progress(f"{stage}: day {days + 1}")
             days += 1
             soaking_days += 1
             now = await total_events(client, h)
@@ -331,6 +332,9 @@ async def skipping(args: argparse.Namespace, prom: str, directory: Path, budget:
             try:
                 out["ninety_day"] = await ninety_day(env, queue, prom, args, budget)
             except Exception as exc:
+                import traceback
+
+                traceback.print_exc()
                 out["ninety_day"] = {"error": f"{type(exc).__name__}: {exc}"}
             out["flood"] = await flood(env, store, queue, args, budget)
             return out
