@@ -8,12 +8,14 @@ each with a threshold its monitor (`watch_thresholds`) evaluates against that Pr
 every `--interval` (10s), measured after two intervals of polling. With TEMPORAL_ADDRESS
 set the worker process is still started here, on that server, on a task queue of its own.
 
-Part 2, `ninety_day`: the time-skipping test server, a worker in this process and the same
-Prometheus; one rollout with every window 30d and a threshold on each stage evaluated
-every `--days-interval` (1d: on this server a running monitor sees skipped time only
-through a new attempt, so one evaluation per skipped day), approved and handed off by
-signals through all three stages, `env.sleep` skipping a day at a time. History events per
-rollout-day while soaking, and the wall time of the 90 days.
+Part 2, `ninety_day`: the time-skipping test server and a worker in this process; one
+rollout with every window 30d, approved and handed off by signals through all three
+stages, `env.sleep` skipping a day at a time: history events per rollout-day and the wall
+time of the 90 days. Without a monitor: the time-skipping server does not skip time while
+an activity runs, and the monitor is one long activity (`--days-interval 1d` tries it:
+`env.sleep` then times out). The monitor's own cost is measured on the dev server in
+part 1 (`monitor_cost`: one rollout whose monitor reports every 10 s, watched for
+`--observe` seconds: events per report) and added for a 30d window (a report every 4 h).
 
 Part 3, `flood`: on the same server, `--signals` (10,000) signals to one soaking rollout
 with the default `continue_as_new_after`: half `report_breach` for one threshold (one
@@ -154,6 +156,7 @@ async def memory(args: argparse.Namespace, prom: str, directory: Path, budget: D
                     done = upto
                     await asyncio.sleep(2 * interval)  # every monitor has polled
                     points.append({"rollouts": done, "rss_kb": rss_kb(proc.pid)})
+                monitor = await monitor_cost(s, prom, args.observe)
                 # every monitor still running (no breach, no hold): query a sample
                 held = 0
                 async for wf in s.client.list_workflows(f"TaskQueue = '{queue}' AND RolloutStatus != 'soaking'"):
@@ -171,17 +174,50 @@ async def memory(args: argparse.Namespace, prom: str, directory: Path, budget: D
     per = round((top - base) / args.rollouts, 1) if top and base else None
     per_second_half = round((top - mid) / (args.rollouts - half), 1) if top and mid else None
     return {"interval_s": args.interval, "points": points, "kb_per_rollout": per,
-            "kb_per_rollout_second_half": per_second_half, "not_soaking_at_end": held}
+            "kb_per_rollout_second_half": per_second_half, "not_soaking_at_end": held, "monitor_cost": monitor}
+
+
+async def monitor_cost(s: Any, prom: str, observe: float) -> dict[str, Any]:
+    """History written by a running monitor: one rollout with a 200s pilot window and a 1s
+    interval (the monitor reports every max(interval, min(4h, window/20)) = 10 s), observed
+    for `observe` seconds; events per report, then per day for the plans' own windows."""
+    from temporalio.api.enums.v1 import EventType as ET
+
+    kw = {"stage_thresholds": [threshold()], "metrics": {"prometheus_url": prom, "interval": "1s"},
+          "pilot_window": "200s"}
+    (h,), _ = await soak(s, 1, plan_kwargs=kw, prefix="monitor-")
+
+    async def count() -> tuple[int, int]:
+        events = (await h.fetch_history()).events
+        reports = sum(1 for e in events if e.event_type == ET.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                      and e.activity_task_completed_event_attributes.scheduled_event_id in {
+                          x.event_id for x in events if x.event_type == ET.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                          and x.activity_task_scheduled_event_attributes.activity_type.name == "watch_thresholds"})
+        return len(events), reports
+
+    e0, r0 = await count()
+    await asyncio.sleep(observe)
+    e1, r1 = await count()
+    per_report = round((e1 - e0) / (r1 - r0), 1) if r1 > r0 else None
+    out: dict[str, Any] = {"observed_s": observe, "events_added": e1 - e0, "reports": r1 - r0,
+                           "events_per_report": per_report}
+    if per_report is not None:
+        # a 72h window reports every 3.6 h, any window of 80 h or more every 4 h (MAX_FLUSH)
+        out["events_per_day_72h_window"] = round(per_report * 24 / 3.6, 1)
+        out["events_per_day_30d_window"] = round(per_report * 24 / 4, 1)
+    return out
 
 
 async def ninety_day(env: WorkflowEnvironment, queue: str, prom: str, args: argparse.Namespace,
                      budget: Deadline) -> dict[str, Any]:
     client = env.client
-    d = plans.plan_dict(name="bench-ninety-day-monitor")
-    d["metrics"] = {"prometheus_url": prom, "interval": args.days_interval}
+    d = plans.plan_dict(name="bench-ninety-day")
+    if args.days_interval:  # the monitor on: the time-skipping server then cannot skip (see the docstring)
+        d["metrics"] = {"prometheus_url": prom, "interval": args.days_interval}
     for st in d["stages"]:
         st["window"] = "30d"
-        st["thresholds"] = [threshold()]
+        if args.days_interval:
+            st["thresholds"] = [threshold()]
     t_wall = time.perf_counter()
     first = await start_wf(client, d, queue)
     h = client.get_workflow_handle(first.id, first_execution_run_id=first.first_execution_run_id)
@@ -230,7 +266,7 @@ async def ninety_day(env: WorkflowEnvironment, queue: str, prom: str, args: argp
     total = sum(r["events"] for r in runs)
     return {
         "final_status": result.get("status"),
-        "monitor_interval": args.days_interval,
+        "monitor": bool(args.days_interval),
         "simulated_days": days,
         "runs": len(runs),
         "events_per_run": [r["events"] for r in runs],
@@ -349,9 +385,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         mem = await memory(args, prom, Path(tmp), budget) if args.rollouts else None
         skip = await skipping(args, prom, Path(tmp), budget)
     nd, fl = skip["ninety_day"], skip["flood"]
+    mc = mem["monitor_cost"] if mem else {}
+    per_day = nd.get("events_per_rollout_day")
+    with_monitor = (round(per_day + mc["events_per_day_30d_window"], 1)
+                    if per_day is not None and mc.get("events_per_day_30d_window") is not None else None)
     figures = {
         "worker_kb_per_rollout": mem["kb_per_rollout"] if mem else None,
-        "events_per_rollout_day": nd.get("events_per_rollout_day"),
+        "events_per_rollout_day": with_monitor if with_monitor is not None else per_day,
+        "events_per_rollout_day_parts": {"ninety_days_without_monitor": per_day,
+                                         "monitor_30d_window": mc.get("events_per_day_30d_window")},
         "wall_s_90d": nd.get("wall_s"),
         "flood_max_run_events": fl["max_run_events"],
         "flood_accounted": f"{fl['accounted']}/{fl['signals']}",
@@ -377,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rollouts", type=int, default=1000, help="rollouts soaking for the memory figure (default 1000)")
     ap.add_argument("--interval", type=int, default=10, help="monitor interval in seconds, memory part (default 10)")
-    ap.add_argument("--days-interval", default="1d", help="monitor interval in the 90-day part (default 1d)")
+    ap.add_argument("--days-interval", default="",
+                    help="run the 90 days with a monitor at this interval (default: none; the server cannot skip)")
+    ap.add_argument("--observe", type=float, default=60.0, help="seconds a 10s-report monitor is watched (default 60)")
     ap.add_argument("--signals", type=int, default=10000, help="signals in the flood (default 10000)")
     ap.add_argument("--timeout", type=float, default=460.0, help="overall budget in seconds (default 460)")
     args = ap.parse_args(argv)

@@ -128,7 +128,7 @@ def is_containment(doc: dict[str, Any]) -> bool:
 
 
 def plan_for(name: str, target_url: str, *, stage_thresholds: list[dict[str, Any]] | None = None,
-             metrics: dict[str, Any] | None = None) -> Plan:
+             metrics: dict[str, Any] | None = None, pilot_window: str | None = None) -> Plan:
     """The 3-stage test plan (tests/plans.py) with the bench's webhook target and notifier."""
     d = plans.plan_dict(name=name)
     d["target"] = {"kind": "webhook", "url": f"{target_url}/exposure", "secret_env": SECRET_ENV}
@@ -136,6 +136,8 @@ def plan_for(name: str, target_url: str, *, stage_thresholds: list[dict[str, Any
     if stage_thresholds is not None:
         d["metrics"] = metrics or {}
         d["stages"][0]["thresholds"] = stage_thresholds
+    if pilot_window is not None:
+        d["stages"][0]["window"] = pilot_window
     return validate_plan_data(d)
 
 
