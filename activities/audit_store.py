@@ -1197,18 +1197,22 @@ def verify_export(
 ) -> VerifyReport:
     """Check an export (`rollout audit export`: JSON Lines of rows and heads) offline.
 
-    Rows are checked link by link from the first exported row of each rollout (from
-    seq 1 for a full export; an export cut with --since starts where it starts), the
-    heads against the rows and, with `key`, their signatures."""
+    Rows are checked link by link from seq 1 of each rollout, or, in an export cut
+    with --since (its first line says so), from the first exported row; the heads
+    against the rows and, with `key`, their signatures."""
     rows: dict[str, list[AuditRow]] = {}
     heads: dict[str, list[StoredHead]] = {}
     event_keys = set(AuditEvent.model_fields)
+    partial = False
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
             kind = data.get("record", "row")
+            if kind == "export":
+                partial = partial or data.get("since") is not None
+                continue
             if kind == "head":
                 h = StoredHead(
                     rollout_id=str(data["rollout_id"]),
@@ -1234,7 +1238,7 @@ def verify_export(
             rows.setdefault(ev.rollout_id, []).append(row)
     report = VerifyReport()
     for rid in sorted(set(rows) | set(heads)):
-        verifier = ChainVerifier(rid, key=key, partial=True)
+        verifier = ChainVerifier(rid, key=key, partial=partial)
         for row in sorted(rows.get(rid, []), key=lambda r: (r.event.seq, r.id)):
             verifier.feed(row)
         chain = verifier.finish(heads.get(rid, []))

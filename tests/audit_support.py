@@ -13,7 +13,9 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from activities.audit_store import GENESIS_HASH, AuditStore, chain_hash
 from rollout.models import AuditEvent
+from rollout.plan import canonical_json
 
 T0 = datetime(2025, 3, 1, 9, 0, 0, 123456, tzinfo=UTC)
 PLAN_HASH = "a" * 64
@@ -83,10 +85,14 @@ async def tamper(url: str, *statements: str) -> None:
         assert u.database
         con = sqlite3.connect(u.database)
         try:
-            con.execute("DROP TRIGGER IF EXISTS audit_events_no_update")
-            con.execute("DROP TRIGGER IF EXISTS audit_events_no_delete")
+            for trigger in SQLITE_TRIGGERS:
+                con.execute(f"DROP TRIGGER IF EXISTS {trigger}")
             for st in statements:
                 con.execute(st)
+            con.commit()
+            # put the triggers back, as an administrator covering their tracks would
+            for trigger, sql in SQLITE_TRIGGERS.items():
+                con.execute(f"CREATE TRIGGER {trigger} {sql}")
             con.commit()
         finally:
             con.close()
@@ -99,6 +105,55 @@ async def tamper(url: str, *statements: str) -> None:
                     await conn.execute(st)
         finally:
             await conn.close()
+
+
+SQLITE_TRIGGERS = {
+    "audit_events_no_update": "BEFORE UPDATE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only: UPDATE refused'); END",
+    "audit_events_no_delete": "BEFORE DELETE ON audit_events "
+    "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only: DELETE refused'); END",
+    "audit_heads_no_update": "BEFORE UPDATE ON audit_heads "
+    "BEGIN SELECT RAISE(ABORT, 'audit_heads is append-only: UPDATE refused'); END",
+    "audit_heads_no_delete": "BEFORE DELETE ON audit_heads "
+    "BEGIN SELECT RAISE(ABORT, 'audit_heads is append-only: DELETE refused'); END",
+}
+
+
+async def rewrite_and_rehash(url: str, rollout_id: str, seq: int, **changes: Any) -> None:
+    """Edit row `seq` and recompute every hash after it with the project's own hash
+    function, past the triggers: the chain is then consistent again, without the key."""
+    store = AuditStore.from_url(url)
+    try:
+        rows = await store.read(rollout_id)
+    finally:
+        await store.close()
+    statements: list[str] = []
+    prev = GENESIS_HASH
+    for row in rows:
+        ev = row.event
+        if ev.seq == seq:
+            ev = ev.model_copy(update=changes)
+            sets = ", ".join(f"{k} = {_sql_literal(v)}" for k, v in changes.items())
+            statements.append(f"UPDATE audit_events SET {sets} WHERE id = {row.id}")  # noqa: S608
+        if ev.seq >= seq:
+            new_hash = chain_hash(prev, ev)
+            statements.append(
+                f"UPDATE audit_events SET prev_hash = '{prev}', row_hash = '{new_hash}' WHERE id = {row.id}"  # noqa: S608
+            )
+            prev = new_hash
+        else:
+            prev = row.row_hash
+    await tamper(url, *statements)
+
+
+def _sql_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        value = canonical_json(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def scenario_events(rid: str) -> list[AuditEvent]:

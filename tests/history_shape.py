@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowHistory
 
 E = EventType
 # events a workflow task's completion writes: its commands and its protocol messages (updates)
@@ -88,3 +89,16 @@ def tasks(events: list[HistoryEvent]) -> list[Task]:
 
 def outline(events: Iterable[HistoryEvent]) -> str:
     return " | ".join(f"{e.event_id}:{name(e)}" for e in events)
+
+
+async def all_runs(client: Client, workflow_id: str, first_run_id: str) -> list[WorkflowHistory]:
+    """Every run of a workflow, from its first along the continue-as-new chain."""
+    out: list[WorkflowHistory] = []
+    run_id = first_run_id
+    while run_id:
+        hist = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        out.append(hist)
+        last = hist.events[-1]
+        run_id = (last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+                  if last.HasField("workflow_execution_continued_as_new_event_attributes") else "")
+    return out

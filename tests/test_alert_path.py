@@ -187,7 +187,7 @@ async def wait_status(
 
 async def start_soaking(client: Client, queue: str, plan: dict[str, Any]) -> WorkflowHandle[Any, Any]:
     p = validate_plan_data(plan)
-    h = await client.start_workflow(StagedRollout.run, RolloutInput(plan=p), id=f"rollout-{p.name}", task_queue=queue)
+    h = await client.start_workflow(StagedRollout.run, RolloutInput(plan=p, started_by=p.owners.rollout), id=f"rollout-{p.name}", task_queue=queue)
     await wait_status(h, "awaiting_approval")
     await h.signal("approve", {"actor": APPROVER, "stage": "pilot", "role": "engineering", "comment": "test"})
     st = await wait_status(h, "soaking", exposed=True)

@@ -21,7 +21,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from activities.audit import AuditActivities
 from activities.audit_store import AuditStore
 from activities.history_trail import read_history_trail, rebuild_from_history, trail_from_history
-from rollout.models import AuditBatch, AuditEvent
+from rollout.models import AuditBatch, AuditEvent, AuditHead
 from tests.audit_support import PLAN_HASH, store_url_for, tamper
 
 
@@ -46,10 +46,11 @@ class AuditTestWorkflow:
         self.released += 1
 
     @workflow.run
-    async def run(self, spec: Spec) -> int:
+    async def run(self, spec: Spec) -> list[int]:
+        """Returns the seq of each head record_audit returned in this run."""
         info = workflow.info()
         seq = spec.next_seq
-        written = 0
+        heads: list[int] = []
         done_here = 0
         for b in range(spec.next_batch, spec.batches):
             if spec.continue_every and done_here == spec.continue_every:
@@ -72,15 +73,16 @@ class AuditTestWorkflow:
                 for i in range(spec.per_batch)
             ]
             seq += spec.per_batch
-            written += await workflow.execute_activity(
+            head = await workflow.execute_activity(
                 "record_audit",
                 AuditBatch(events=events),
-                result_type=int,
+                result_type=AuditHead,
                 start_to_close_timeout=timedelta(seconds=10),
                 retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100), backoff_coefficient=1.0),
             )
+            heads.append(head.seq)
             done_here += 1
-        return written
+        return heads
 
 
 class FlakyStore(AuditStore):
@@ -142,11 +144,14 @@ async def test_retry_after_a_write_adds_nothing(dev_env: WorkflowEnvironment, ur
     try:
         async with _worker(client, queue, flaky):
             wid = f"rollout-audit-retry-{uuid.uuid4().hex[:8]}"
-            written = await client.execute_workflow(
+            heads = await client.execute_workflow(
                 AuditTestWorkflow.run, Spec(batches=3, per_batch=4), id=wid, task_queue=queue
             )
-        assert written == 0  # every batch was written by an attempt whose reply was lost
+        # every batch was written by an attempt whose reply was lost; the retry returns its head
+        assert heads == [4, 8, 12]
         events = await _check(base, wid, 12)
+        stored = await base.heads(wid)
+        assert [h.head.seq for h in stored] == [4, 8, 12]  # one head per batch, none duplicated
         history = await trail_from_history(client, wid)
         assert history == events
     finally:
@@ -174,7 +179,7 @@ async def test_worker_restart_between_and_during_batches(dev_env: WorkflowEnviro
         try:
             async with _worker(client, queue, second):
                 await handle.signal(AuditTestWorkflow.proceed)
-                assert await handle.result() == 4  # batches 1 and 3; batch 2's retry wrote nothing
+                assert await handle.result() == [2, 4, 6]  # batch 2's retry wrote no row twice
             await _check(second, wid, 6)
         finally:
             await second.close()

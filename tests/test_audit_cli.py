@@ -111,14 +111,17 @@ async def test_export_streams_json_lines_since(store: AuditStore, capsys: pytest
         [first.model_copy(update={"at": now - timedelta(hours=30)}), second.model_copy(update={"at": now - timedelta(hours=2)})]
     )
     code, out, _ = await cli(capsys, "audit", "export")
-    lines = [json.loads(x) for x in out.splitlines()]
+    records = [json.loads(x) for x in out.splitlines()]
+    assert records[0]["record"] == "export" and records[0]["since"] is None
+    lines = [x for x in records if x["record"] == "row"]
     assert code == 0 and len(lines) == 7
     assert {"rollout_id", "seq", "at", "actor", "role", "action", "stage", "plan_hash", "reason", "payload",
             "prev_hash", "row_hash", "recorded_at", "id"} <= set(lines[0])
     code, out, _ = await cli(capsys, "audit", "export", "--since", "24h")
-    assert code == 0 and [(x["rollout_id"], x["seq"]) for x in map(json.loads, out.splitlines())] == [("rollout-b", 2)]
+    rows = [x for x in map(json.loads, out.splitlines()) if x["record"] == "row"]
+    assert code == 0 and [(x["rollout_id"], x["seq"]) for x in rows] == [("rollout-b", 2)]
     code, out, _ = await cli(capsys, "audit", "export", "--since", "2025-03-01T09:04:00Z")
-    assert [x["seq"] for x in map(json.loads, out.splitlines())][:2] == [4, 5]
+    assert [x["seq"] for x in map(json.loads, out.splitlines()) if x["record"] == "row"][:2] == [4, 5]
     code, _, err = await cli(capsys, "audit", "export", "--since", "yesterday")
     assert code == 2 and "--since" in err
 
@@ -134,7 +137,7 @@ async def test_verify_exit_codes_name_the_first_broken_row(
     await tamper(url, f"DELETE FROM audit_events WHERE id = {row3}")  # noqa: S608
     code, out, err = await cli(capsys, "audit", "verify")
     assert code == 1
-    assert f"BROKEN  {RID}: first broken row: {RID} seq 3 (no row): row missing" in out
+    assert f"BROKEN  {RID}: first broken row: {RID} seq 3 (no row): deleted_row: row missing" in out
     assert "seq 3" in err
     code, out, _ = await cli(capsys, "audit", "verify", "other")
     assert code == 0 and "rollout-other" in out and RID not in out

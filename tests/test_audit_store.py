@@ -198,7 +198,7 @@ async def test_migrations_are_idempotent_and_concurrent(url: str) -> None:
     try:
         await asyncio.gather(*(s.migrate() for s in stores))
         await stores[0].migrate()
-        assert await stores[1].schema_revision() == "0001"
+        assert await stores[1].schema_revision() == "0002"
         await stores[2].append(make_events(RID, 2))
         await stores[0].migrate()  # upgrading an up-to-date store keeps its rows
         assert len(await stores[0].read(RID)) == 2
@@ -211,7 +211,7 @@ async def test_first_use_migrates_lazily(url: str) -> None:
     s = AuditStore.from_url(url)
     try:
         assert await s.append(make_events(RID, 1)) == 1
-        assert await s.schema_revision() == "0001"
+        assert await s.schema_revision() == "0002"
     finally:
         await s.close()
 

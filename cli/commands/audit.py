@@ -1,9 +1,19 @@
 """`rollout audit`: the decision trail for auditors.
 
     rollout audit ID [--format md|json] [--source auto|temporal|store]
-    rollout audit export [--since T]        JSON lines for a SIEM (T: ISO time or 24h, 7d...)
-    rollout audit verify [ID]               check hash chains; exit 1 naming the first broken row
+    rollout audit export [--since T]        JSON lines (rows, then signed heads) for a SIEM or
+                                            write-once storage (T: ISO time or 24h, 7d...)
+    rollout audit verify [ID] [--public-key FILE]
+                                            check rows, hash chains, signed heads and, while
+                                            Temporal keeps the history, the head the workflow
+                                            holds; exit 1 naming the first bad or missing seq
+    rollout audit verify --file F [--public-key FILE]
+                                            check an export offline
     rollout audit rebuild ID                restore missing rows from Temporal history, compare both
+
+The public key that checks head signatures: --public-key FILE, else
+$ROLLOUT_AUDIT_PUBLIC_KEY (a file, or the base64 key `rollout keygen` printed).
+Without one, verify says what it could not check and passes on the rest.
 
 `export`, `verify` and `rebuild` in the first position are subcommands; anything
 else there is a rollout: a plan name or a workflow id (`rollout-<name>`).
@@ -23,7 +33,7 @@ from rollout.models import AuditEvent
 from rollout.plan import workflow_id_for
 
 if TYPE_CHECKING:
-    from activities.audit_store import AuditStore
+    from activities.audit_store import Anchor, AuditStore, HeadKey, VerifyReport
 
 SUBCOMMANDS = ("export", "verify", "rebuild")
 
@@ -46,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="where the trail comes from: Temporal history while it has it, else the store (auto)",
     )
     p.add_argument("--since", metavar="T", help="export: rows at or after T (ISO time, or a duration like 24h)")
+    p.add_argument("--public-key", metavar="FILE", help="verify: the audit key's public half (default: $ROLLOUT_AUDIT_PUBLIC_KEY)")
+    p.add_argument("--file", metavar="F", help="verify: check this export (JSON Lines) offline instead of the store")
     p.add_argument("--db", metavar="URL", help="audit store URL (default: $ROLLOUT_DB_URL, else a SQLite file in $ROLLOUT_STATE_DIR)")
     p.set_defaults(handler=run)
 
@@ -96,6 +108,8 @@ async def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--source applies to `rollout audit ID`, not to `audit {args.target}`")
     if args.since is not None and args.target != "export":
         raise UsageError("--since applies to `rollout audit export` only")
+    if args.target != "verify" and (args.public_key or args.file):
+        raise UsageError("--public-key and --file apply to `rollout audit verify` only")
     if args.target == "export":
         if args.rest:
             raise UsageError("`rollout audit export` takes no rollout id; use --since T")
@@ -119,8 +133,21 @@ async def _export(args: argparse.Namespace) -> int:
     out = sys.stdout
     try:
         try:
+            first: dict[str, int] = {}
+            header = {
+                "record": "export",
+                "format": "rollout-audit-export:v1",
+                "since": since.isoformat() if since else None,
+                "exported_at": datetime.now(UTC).isoformat(),
+            }
+            out.write(json.dumps(header, sort_keys=True) + "\n")
             async for row in store.export(since):
-                out.write(json.dumps(row.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+                ev = row.event
+                first[ev.rollout_id] = min(first.get(ev.rollout_id, ev.seq), ev.seq)
+                out.write(json.dumps({"record": "row", **row.to_json()}, sort_keys=True, ensure_ascii=False) + "\n")
+            for head in await store.heads():
+                if since is None or head.head.seq >= first.get(head.rollout_id, 1 << 62):
+                    out.write(json.dumps(head.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
         except BrokenPipeError:
             return 0
         except Exception as exc:
@@ -131,33 +158,112 @@ async def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _verify(args: argparse.Namespace, rollout_id: str | None) -> int:
-    store = _open_store(args)
+def _head_key(args: argparse.Namespace) -> HeadKey | None:
+    from activities.audit_store import AuditKeyError, HeadKey
+
     try:
-        try:
-            report = await store.verify(rollout_id)
-        except Exception as exc:
-            raise _store_failed(store, exc) from None
-    finally:
-        await store.close()
-    if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2, sort_keys=True)
+        return HeadKey.from_value(args.public_key) if args.public_key else HeadKey.from_env()
+    except AuditKeyError as exc:
+        raise UsageError(f"audit public key: {exc}") from None
+
+
+async def _anchors(store: AuditStore, rollout_id: str | None) -> tuple[dict[str, Anchor], dict[str, str]]:
+    """The workflow's head and recorded events from Temporal history, per rollout, and
+    why a rollout has none (cannot reach Temporal, history past retention)."""
+    from activities.history_trail import anchor_from_history
+    from worker.connect import connect
+
+    ids = [rollout_id] if rollout_id else await store.rollout_ids()
+    missing: dict[str, str] = {}
+    anchors: dict[str, Anchor] = {}
+    if not ids:
+        return anchors, missing
+    try:
+        client = await connect()
+    except ConnectionFailed as exc:
+        return anchors, {rid: f"cannot reach Temporal ({exc.message.split('. ')[0]})" for rid in ids}
+    for rid in ids:
+        anchor = await anchor_from_history(client, rid)
+        if anchor is None:
+            missing[rid] = "Temporal no longer has its history (closed and past retention, or never started)"
+        else:
+            anchors[rid] = anchor
+    return anchors, missing
+
+
+def _print_verify(report: VerifyReport, key: HeadKey | None, where: str, as_json: bool) -> int:
+    if as_json:
+        data = report.to_json()
+        data["public_key_id"] = key.key_id if key else None
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        if not report.chains or (rollout_id is not None and report.chains[0].rows == 0):
-            print(f"no audit rows{f' for {rollout_id}' if rollout_id else ''} in {store.url}")
+        if not report.chains or all(c.rows == 0 and c.ok for c in report.chains):
+            print(f"no audit rows in {where}")
         for c in report.chains:
+            span = f"seq {c.first_seq}..{c.last_seq}" if c.rows else "no rows"
+            heads = f"{c.heads} heads ({c.signed_heads} signed)"
             if c.ok:
-                print(f"ok      {c.rollout_id}: {c.rows} rows, seq 1..{c.last_seq}, head {c.head_hash[:16]}")
+                print(f"ok      {c.rollout_id}: {c.rows} rows, {span}, {heads}, head {c.head_hash[:16]}")
             else:
                 assert c.broken is not None
                 print(f"BROKEN  {c.rollout_id}: first broken row: {c.broken.describe()}")
+                for f in sorted(c.faults, key=lambda f: f.seq)[1:]:
+                    print(f"        also: {f.describe()}")
+            for text in c.checked:
+                print(f"        checked: {text}")
+            for text in c.unchecked:
+                print(f"        NOT CHECKED: {text}")
     if not report.ok:
         first = report.first_broken
         assert first is not None
         print(f"rollout: audit chain broken: {first.describe()}", file=sys.stderr)
         return 1
+    if report.unchecked:
+        print(
+            f"rollout: verified what could be checked; not checked: {'; '.join(report.unchecked)}",
+            file=sys.stderr,
+        )
     return 0
+
+
+async def _verify(args: argparse.Namespace, rollout_id: str | None) -> int:
+    key = _head_key(args)
+    if args.file:
+        if args.db:
+            raise UsageError("--file checks an export; --db does not apply")
+        from activities.audit_store import AuditStoreError, verify_export
+
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                report = verify_export(fh, key=key, rollout_id=rollout_id)
+        except OSError as exc:
+            raise UsageError(f"--file {args.file}: {exc}") from None
+        except AuditStoreError as exc:
+            raise UsageError(f"--file {args.file}: {exc}") from None
+        for c in report.chains:
+            c.unchecked.append("the workflow's head (an offline export is checked against its own heads)")
+        return _print_verify(report, key, args.file, args.json)
+    store = _open_store(args)
+    try:
+        try:
+            await store.rollout_ids()  # the store is reachable and migrated
+        except Exception as exc:
+            raise _store_failed(store, exc) from None
+        anchors, missing = await _anchors(store, rollout_id)
+        try:
+            report = await store.verify(rollout_id, key=key, anchors=anchors)
+        except Exception as exc:
+            raise _store_failed(store, exc) from None
+    finally:
+        await store.close()
+    for c in report.chains:
+        if c.rollout_id in missing:
+            c.unchecked.append(
+                f"the workflow's head: {missing[c.rollout_id]}; the newest rows deleted together with "
+                "their heads would not be caught"
+            )
+    return _print_verify(report, key, store.url, args.json)
 
 
 async def _rebuild(args: argparse.Namespace, rollout_id: str) -> int:
