@@ -626,12 +626,16 @@ class ChainVerifier:
                                                         "truncated_run", f.seq_end)
         good = r.last_seq
         # stored heads: signatures, then hashes
+        forged: set[int] = set()  # heads the key does not vouch for: they say nothing of the rows
         if self.key is not None:
             for h in heads:
                 bad = self.key.fault(rid, h.head)
                 if bad is not None:
-                    r.faults.append(BrokenRow(rid, h.head.seq, None, f"head at seq {h.head.seq}: {bad[1]}", bad[0]))
-                    break
+                    if not forged:
+                        r.faults.append(
+                            BrokenRow(rid, h.head.seq, None, f"head at seq {h.head.seq}: {bad[1]}", bad[0])
+                        )
+                    forged.add(h.head.seq)
             r.checked.append(f"head signatures with key {self.key.key_id}")
         elif heads:
             r.unchecked.append(
@@ -650,6 +654,8 @@ class ChainVerifier:
                 break
             if h.head.seq > good:
                 break
+            if h.head.seq in forged:
+                continue
             if self.hashes.get(h.head.seq) != h.head.hash:
                 r.faults.append(
                     BrokenRow(
