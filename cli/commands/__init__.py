@@ -13,7 +13,7 @@ from typing import Any
 
 Registrar = Callable[["argparse._SubParsersAction[Any]"], None]
 
-_MODULES = ("plan", "rollouts", "watch", "keygen", "dev", "audit", "services", "completion", "simulate", "inbox")
+_MODULES = ("plan", "rollouts", "watch", "keygen", "dev", "audit", "services", "completion", "simulate", "inbox", "review")
 
 
 def _load() -> list[Registrar]:

@@ -22,6 +22,7 @@ else there is a rollout: a plan name or a workflow id (`rollout-<name>`).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from datetime import UTC, datetime
@@ -234,9 +235,12 @@ async def _verify(args: argparse.Namespace, rollout_id: str | None) -> int:
             raise UsageError("--file checks an export; --db does not apply")
         from activities.audit_store import AuditStoreError, verify_export
 
+        def check_file(path: str) -> VerifyReport:
+            with open(path, encoding="utf-8") as fh:
+                return verify_export(fh, key=key, rollout_id=rollout_id)
+
         try:
-            with open(args.file, encoding="utf-8") as fh:
-                report = verify_export(fh, key=key, rollout_id=rollout_id)
+            report = await asyncio.to_thread(check_file, args.file)
         except OSError as exc:
             raise UsageError(f"--file {args.file}: {exc}") from None
         except AuditStoreError as exc:
