@@ -193,10 +193,61 @@ def chain_hash(prev_hash: str, ev: AuditEvent) -> str:
     return hashlib.sha256((prev_hash + canonical_json(event_fields(ev))).encode()).hexdigest()
 
 
+def _fields_text(ev: AuditEvent) -> str:
+    """canonical_json(event_fields(ev)), faster for what verify reads back (a payload already
+    plain JSON): no copy of the payload, no strftime. Anything else takes the general path,
+    so the text is always the same."""
+    at = ev.at
+    if at.tzinfo is None or at.utcoffset() or at.year < 1000 or not isinstance(ev.payload, dict):
+        return canonical_json(event_fields(ev))
+    fields = {
+        "rollout_id": ev.rollout_id, "seq": ev.seq,
+        "at": f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:{at.second:02d}"
+              f".{at.microsecond:06d}Z",
+        "actor": ev.actor, "role": ev.role, "action": ev.action, "stage": ev.stage, "plan_hash": ev.plan_hash,
+        "reason": ev.reason, "payload": ev.payload,
+    }
+    try:  # plain JSON needs no change from _plain_json: dumping it refuses NaN, Infinity and other types
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError):
+        return canonical_json(event_fields(ev))
+
+
+def _stored_fields_text(m: Mapping[Any, Any], at: datetime, payload_text: str) -> str | None:
+    """The hashed text of a stored row with its payload spliced in as stored (canonical
+    JSON as the store writes it); None when `at` needs the general path."""
+    if at.year < 1000:
+        return None
+    dump = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+    head = dump({"action": m["action"], "actor": m["actor"],
+                 "at": f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:{at.second:02d}"
+                       f".{at.microsecond:06d}Z"})
+    tail = dump({"plan_hash": m["plan_hash"], "reason": m["reason"], "role": m["role"],
+                 "rollout_id": m["rollout_id"], "seq": int(m["seq"]), "stage": m["stage"]})
+    return f'{head[:-1]},"payload":{payload_text},{tail[1:]}'
+
+
 def event_diff(a: AuditEvent, b: AuditEvent) -> list[str]:
     """Names of the hashed fields that differ between two events."""
     fa, fb = event_fields(a), event_fields(b)
     return [k for k in fa if canonical_json(fa[k]) != canonical_json(fb[k])]
+
+
+def _stored_event(m: Mapping[Any, Any], at: datetime, payload_text: str) -> AuditEvent:
+    """A row read with its payload as text, as an event (verify's general path)."""
+    try:
+        payload = json.loads(payload_text)
+    except ValueError:
+        payload = payload_text
+    return AuditEvent.model_construct(
+        rollout_id=m["rollout_id"], seq=int(m["seq"]), at=at, actor=m["actor"], role=m["role"],
+        action=m["action"], stage=m["stage"], plan_hash=m["plan_hash"], reason=m["reason"],
+        payload=payload if isinstance(payload, dict) else {"value": payload},
+    )
+
+
+def _slow_text(m: Mapping[Any, Any], at: datetime, payload_text: str) -> Callable[[], str]:
+    return lambda: _fields_text(_stored_event(m, at, payload_text))
 
 
 # ---- heads: the chain anchored outside the database -----------------------------------
@@ -516,67 +567,85 @@ class ChainVerifier:
         self.report.faults.append(fault)
 
     def feed(self, row: AuditRow) -> None:
+        ev = row.event
+        self.feed_text(row.id, ev.rollout_id, ev.seq, row.prev_hash, row.row_hash, None, lambda: _fields_text(ev))
+
+    def feed_text(
+        self,
+        row_id: int,
+        rollout_id: str,
+        seq: int,
+        prev_hash: str,
+        row_hash: str,
+        fast: str | None,
+        slow: Callable[[], str],
+    ) -> None:
+        """Check one row given the text its hash covers: `fast` (built from the stored
+        payload text as it is) when it gives the row's hash, else `slow()` (the fields in
+        their canonical form): a stored payload that is not canonical JSON is never blamed
+        for its spelling, only for its content."""
         r = self.report
         r.rows += 1
-        ev = row.event
-        self.max_seq = max(self.max_seq, ev.seq)
+        self.max_seq = max(self.max_seq, seq)
+        fast_ok = fast is not None and hashlib.sha256((prev_hash + fast).encode()).hexdigest() == row_hash
+        text = fast if fast_ok and fast is not None else slow()
         if self.anchor is not None and self.anchor.events:
-            self.contents[ev.seq] = content_hash(ev)
+            self.contents[seq] = hashlib.sha256(text.encode()).hexdigest()
         if not self._started:
             self._started = True
-            r.first_seq = ev.seq
-            if self.partial and ev.seq > 1:
-                self._expected_seq = ev.seq
-                self._prev_hash = row.prev_hash
+            r.first_seq = seq
+            if self.partial and seq > 1:
+                self._expected_seq = seq
+                self._prev_hash = prev_hash
         if self._chain_fault is not None:
             return
-        if ev.seq != self._expected_seq:
-            if ev.seq > self._expected_seq:
+        if seq != self._expected_seq:
+            if seq > self._expected_seq:
                 missing = (
                     f"seq {self._expected_seq}"
-                    if ev.seq == self._expected_seq + 1
-                    else f"seq {self._expected_seq}..{ev.seq - 1}"
+                    if seq == self._expected_seq + 1
+                    else f"seq {self._expected_seq}..{seq - 1}"
                 )
                 self._break(
                     BrokenRow(
-                        ev.rollout_id,
+                        rollout_id,
                         self._expected_seq,
                         None,
-                        f"row missing ({missing} deleted; next row is seq {ev.seq}, row id {row.id})",
+                        f"row missing ({missing} deleted; next row is seq {seq}, row id {row_id})",
                         "deleted_row",
-                        ev.seq - 1,
+                        seq - 1,
                     )
                 )
             else:
-                self._break(BrokenRow(ev.rollout_id, ev.seq, row.id, f"seq {ev.seq} out of order", "moved_row"))
+                self._break(BrokenRow(rollout_id, seq, row_id, f"seq {seq} out of order", "moved_row"))
             return
-        if row.prev_hash != self._prev_hash:
+        if prev_hash != self._prev_hash:
             self._break(
                 BrokenRow(
-                    ev.rollout_id,
-                    ev.seq,
-                    row.id,
+                    rollout_id,
+                    seq,
+                    row_id,
                     "prev_hash does not match the row before it (a row was deleted, replaced or moved)",
                     "moved_row",
                 )
             )
             return
-        if chain_hash(row.prev_hash, ev) != row.row_hash:
+        if not fast_ok and hashlib.sha256((prev_hash + text).encode()).hexdigest() != row_hash:
             self._break(
                 BrokenRow(
-                    ev.rollout_id,
-                    ev.seq,
-                    row.id,
+                    rollout_id,
+                    seq,
+                    row_id,
                     "content does not match its row_hash (the row was edited or moved)",
                     "edited_row",
                 )
             )
             return
-        self._prev_hash = row.row_hash
+        self._prev_hash = row_hash
         self._expected_seq += 1
-        self.hashes[ev.seq] = row.row_hash
-        r.last_seq = ev.seq
-        r.head_hash = row.row_hash
+        self.hashes[seq] = row_hash
+        r.last_seq = seq
+        r.head_hash = row_hash
 
     # -- after the rows ---------------------------------------------------------------
 
@@ -1004,7 +1073,8 @@ class AuditStore:
         await self._ensure_ready()
         anchors = anchors or {}
         t = audit_events
-        q = sa.select(t)
+        columns = [c for c in t.c if c.name not in ("payload", "recorded_at")]
+        q = sa.select(*columns, sa.cast(t.c.payload, sa.Text()).label("payload_text"))
         if rollout_id is not None:
             q = q.where(t.c.rollout_id == rollout_id)
         q = q.order_by(t.c.rollout_id, t.c.seq, t.c.id)
@@ -1015,13 +1085,20 @@ class AuditStore:
         verifiers: dict[str, ChainVerifier] = {}
         current: ChainVerifier | None = None
         async with self.engine.connect() as conn:
-            result = await conn.stream(q.execution_options(yield_per=2000))
-            async for r in result:
-                row = self._to_row(r)
-                if current is None or current.report.rollout_id != row.event.rollout_id:
-                    rid = row.event.rollout_id
-                    current = verifiers[rid] = ChainVerifier(rid, key=key, anchor=anchors.get(rid))
-                current.feed(row)
+            result = await conn.stream(q.execution_options(yield_per=5000))
+            async for part in result.partitions():
+                for r in part:
+                    m = r._mapping
+                    rid = m["rollout_id"]
+                    if current is None or current.report.rollout_id != rid:
+                        current = verifiers[rid] = ChainVerifier(rid, key=key, anchor=anchors.get(rid))
+                    at, raw = _utc(m["at"]), m["payload_text"]
+                    text = raw if isinstance(raw, str) else canonical_json(raw)
+                    current.feed_text(
+                        int(m["id"]), rid, int(m["seq"]), m["prev_hash"], m["row_hash"],
+                        _stored_fields_text(m, at, text) if isinstance(raw, str) else None,
+                        _slow_text(m, at, text),
+                    )
         wanted = set(by_rollout) | {a for a in anchors if rollout_id is None or a == rollout_id}
         if rollout_id is not None:
             wanted.add(rollout_id)

@@ -367,6 +367,18 @@ async def test_the_newest_run_removed_with_its_heads_is_a_truncated_run_against_
     assert "every row of run run-3 is missing" in report.chains[0].broken.problem  # type: ignore[union-attr]
 
 
+async def test_a_payload_respelled_is_not_blamed_but_a_payload_changed_is(store: AuditStore, url: str, key: Key) -> None:
+    """The hash covers the payload's content, not how the database spells its JSON."""
+    await write_trail(store, key.signer)
+    ids = await ids_by_seq(store)
+    same = '{ "nested": {"text": "ünïcødé | pipe", "values": [1, 2.5, null]},  "n": 4 }'
+    await tamper(url, f"UPDATE audit_events SET payload = '{same}' WHERE id = {ids[4]}")  # noqa: S608
+    assert (await store.verify(RID, key=key.head_key)).ok
+    changed = same.replace('"n": 4', '"n": 40')
+    await tamper(url, f"UPDATE audit_events SET payload = '{changed}' WHERE id = {ids[4]}")  # noqa: S608
+    assert only_fault(await store.verify(RID, key=key.head_key))[:2] == (4, "edited_row")
+
+
 # ---- without a key ------------------------------------------------------------------------
 
 
