@@ -17,6 +17,7 @@ Rules follow DESIGN.md "Rules the workflow enforces"; each rule is one method of
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -165,9 +166,23 @@ def decide(state: State, event: Event, now: datetime) -> tuple[State, list[Comma
     signal, the record of refusals (and the audit trail); the commands then hold a
     `Refuse(reason)`.
     """
-    run = _Run(state.model_copy(deep=True), now)
+    run = _Run(_copy(state), now)
+    if isinstance(event, DeadlineReached) and event.at is not None:
+        run.now = event.at  # judged when it was due; `late_by` still measures `now`
     run.handle(event)
     return run.s, run.cmds
+
+
+def _copy(state: State) -> State:
+    """A deep copy that shares what the machine never changes in place: plans (an
+    amendment replaces one), page records and refusals (only appended and trimmed).
+    Copying them made up most of the cost of a decision."""
+    keep: list[Any] = [state.plan, *state.refused]
+    if state.pending_amendment is not None:
+        keep.append(state.pending_amendment.plan)
+    if state.escalation is not None:
+        keep.extend(state.escalation.pages)
+    return copy.deepcopy(state, {id(o): o for o in keep})
 
 
 def refusal(state: State, event: Event, now: datetime) -> str | None:
@@ -248,7 +263,8 @@ class _Run:
 
     def __init__(self, s: State, now: datetime) -> None:
         self.s = s
-        self.now = now
+        self.now = now  # the time rules are judged at
+        self.wall = now  # the time the event is handled (only for `late_by`)
         self.cmds: list[Command] = []
 
     @property
@@ -822,7 +838,7 @@ class _Run:
         esc = s.escalation
         assert esc is not None
         roles, ids = policy.escalation_targets(self.plan, level)
-        late = max(0.0, (self.now - due).total_seconds())
+        late = max(0.0, (self.wall - due).total_seconds())
         esc.level = level
         esc.pages.append(PageRecord(level=level, roles=roles, recipients=ids, at=self.now, due_at=due,
                                     late_by_seconds=late))
@@ -1179,9 +1195,13 @@ class _Run:
             }
         self.audit("window_summary", stage=stage.name, payload=payload)
 
-    def judge_window(self) -> None:
+    def judge_window(self, grace_passed: bool = False) -> None:
         """At the window's end (once evaluations reach it, or their grace passed): clean
-        only if each threshold had data for at least 90% of its scheduled evaluations."""
+        only if each threshold had data for at least 90% of its scheduled evaluations.
+
+        Only the grace deadline says the grace passed: an evaluation report that arrives
+        after it never looks at the clock, so the decision does not depend on when a
+        replay or a late worker handles it."""
         s = self.s
         assert s.window_ends_at is not None
         spec = s.watch
@@ -1189,7 +1209,7 @@ class _Run:
         waiting_for_monitor = (
             spec is not None and stage.thresholds
             and (s.evaluated_through is None or s.evaluated_through < s.window_ends_at)
-            and self.now < _window_grace_end(s)
+            and not grace_passed
         )
         if waiting_for_monitor:
             s.window_due = True
@@ -1348,13 +1368,13 @@ class _Run:
             missing = self.missing_roles(s.stage_index)
             ids = sorted({i for r in missing for i in self.plan.approvers.get(r, [])})
             self.audit("approval_reminder", stage=stage.name, payload={"missing": missing, "recipients": ids,
-                                                                       "late_by": (now - s.remind_at).total_seconds()})
+                                                                       "late_by": max(0.0, (self.wall - s.remind_at).total_seconds())})
             self.notify("approval_reminder", f"{self.plan.name}: {stage.name} awaits approval from {', '.join(missing)}",
                         recipients=ids)
             ra = stage.approvals.remind_after
             s.remind_at = now + parse_duration(ra) if ra else None
         if s.status == "soaking" and s.window_ends_at is not None and s.window_ends_at <= now:
-            self.judge_window()
+            self.judge_window(grace_passed=now >= _window_grace_end(s))
 
     # ---- the monitor
 

@@ -222,7 +222,12 @@ class AuditAnchored(_M):
 
 
 class DeadlineReached(_M):
+    """A timer fell due. `at` is the time it was set for: the deadline rules are judged at
+    `at`, not at the (later, and on a replay possibly different) time it is handled, so
+    the decision depends only on the state and the timer. None: judged at `now`."""
+
     kind: Literal["deadline"] = "deadline"
+    at: datetime | None = None
 
 
 Event = Annotated[

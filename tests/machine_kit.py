@@ -64,7 +64,7 @@ class Kit:
             if due is None or due > end:
                 break
             self.now = max(self.now, due)
-            self.send(DeadlineReached())
+            self.send(DeadlineReached(at=due))
         self.now = end
 
     def evaluate(self, values: dict[str, float | None], *, at: datetime | None = None) -> list[Command]:

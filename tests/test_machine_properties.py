@@ -65,6 +65,18 @@ def plans(draw: st.DrawFn) -> Plan:
     return validate_plan_data(d)
 
 
+
+def _shape(c: Command) -> Any:
+    """A command without the values that measure lateness (`late_by`), which are the only
+    part allowed to depend on when a deadline is handled."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in ("late_by", "late_by_seconds")}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+    return strip(c.model_dump(mode="json"))
+
 class Rollouts(RuleBasedStateMachine):
     """One rollout driven by random events, the invariants checked after every step."""
 
@@ -191,9 +203,18 @@ class Rollouts(RuleBasedStateMachine):
         self.send(Abort(actor=OWNER, reason="stop", via="signal"))
 
     def advance_to(self, end: Any) -> None:
+        """Fire each deadline as the workflow's timer does: `DeadlineReached(at=due)`,
+        handled at `end` (late, as after a worker outage) or at `due`."""
         while (due := machine.next_deadline(self.state)) is not None and due <= end:
+            # the decision depends on the timer, not on when it is handled: a replay that
+            # sees another workflow time must give the same commands
+            _, on_time = machine.decide(self.state, DeadlineReached(at=due), due)
+            _, late = machine.decide(self.state, DeadlineReached(at=due), end + timedelta(minutes=7))
+            assert [_shape(c) for c in on_time] == [_shape(c) for c in late]
             self.now = max(self.now, due)
-            self.send(DeadlineReached())
+            self.send(DeadlineReached(at=due))
+            after = machine.next_deadline(self.state)
+            assert after is None or after > due, f"deadline {due} still due after it was judged ({after})"
         self.now = max(self.now, end)
 
     # ---- invariants

@@ -9,7 +9,11 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
 - the loop takes finished activities before messages, so an activation that merges
   the two (a lost cache after empty workflow tasks, sdk-rust #1146) gives the same
   commands as a replay that splits them;
-- timers are started once and never cancelled (no `wait_condition(timeout=)`);
+- no command depends on the clock: a deadline is judged only when its timer fires, at
+  the time the timer was set for (`DeadlineReached.at`), because after a lost cache
+  the SDK may run an activation with an earlier workflow time than its replay does;
+  a timer is started whenever the next deadline changes, never cancelled (no
+  `wait_condition(timeout=)`), and the one set for continue-as-new's grace is a flag;
 - deliveries, the monitor, audit batches and notifications run beside the clock:
   nothing waits on a target, and continue-as-new carries what is unsent.
 """
@@ -84,9 +88,12 @@ class StagedRollout:
         self._delivery: asyncio.Task[None] | None = None
         self._monitor: tuple[WatchSpec, workflow.ActivityHandle[Any]] | None = None
         self._timers: set[Any] = set()  # fire times of timers started (never cancelled)
+        self._armed: Any = None  # the deadline the newest timer was started for
+        self._clock: Any = None  # the newest deadline judged: the machine's time never goes back
         self._sa: tuple[str, str] | None = None
         self._can_after = inp.continue_as_new_after
-        self._can_at: Any = None  # when continue-as-new goes ahead even with work in flight
+        self._can_at: Any = None  # continue-as-new decided: work in flight may finish until its grace
+        self._can_grace_over = False
         if self.s is None:  # a fresh start: decided now, so messages can be judged at once
             info = workflow.info()
             self.s, cmds = machine.start(inp.plan, workflow_id=info.workflow_id,
@@ -121,10 +128,10 @@ class StagedRollout:
                 break
             if self._closing is None and self._can_at is None and self._should_continue_as_new():
                 self._can_at = workflow.now() + CAN_GRACE  # in-flight work may finish until then
-                self._arm_timer(self._can_at)
+                asyncio.get_running_loop().create_task(self._can_grace())
                 if self._monitor is not None:
                     self._monitor[1].cancel()  # it reports what it evaluated, then ends
-            if self._can_at is not None and (self._idle() or workflow.now() >= self._can_at):
+            if self._can_at is not None and (self._idle() or self._can_grace_over):
                 await self._continue_as_new()
             if not self._wake:
                 await workflow.wait_condition(lambda: self._wake)
@@ -133,7 +140,12 @@ class StagedRollout:
 
     def _feed(self, ev: Event) -> list[Command]:
         assert self.s is not None
-        self.s, cmds = machine.decide(self.s, ev, workflow.now())
+        now = workflow.now()
+        if isinstance(ev, DeadlineReached) and ev.at is not None:
+            self._clock = ev.at if self._clock is None else max(self._clock, ev.at)
+        if self._clock is not None and self._clock > now:
+            now = self._clock
+        self.s, cmds = machine.decide(self.s, ev, now)
         self._carry(cmds)
         return cmds
 
@@ -141,10 +153,6 @@ class StagedRollout:
         """Take finished activities, then messages, then the time; start what is due."""
         self._take()
         assert self.s is not None
-        due = machine.next_deadline(self.s)
-        if due is not None and due <= workflow.now():
-            self._feed(DeadlineReached())
-            self._wake = True  # look again: one deadline may bring the next
         if self._can_at is None:  # about to continue as new: nothing new starts
             self._start_delivery()
             self._start_monitor()
@@ -192,14 +200,24 @@ class StagedRollout:
     # ------------------------------------------------------------------ timers
 
     def _arm_timer(self, due: Any) -> None:
-        if due is None or any(t <= due for t in self._timers):
+        """A timer for each new next deadline: whether one starts depends only on the
+        state, never on the workflow time (which an activation after a lost cache may see
+        earlier than its replay does)."""
+        if due is None or due == self._armed or due in self._timers:
             return
+        self._armed = due
         self._timers.add(due)
         asyncio.get_running_loop().create_task(self._sleep(due))
 
     async def _sleep(self, due: Any) -> None:
         await workflow.sleep(max(0.001, (due - workflow.now()).total_seconds()))
         self._timers.discard(due)
+        self._results.append(DeadlineReached(at=due))  # judged at `due`, whenever handled
+        self._poke()
+
+    async def _can_grace(self) -> None:
+        await workflow.sleep(CAN_GRACE)
+        self._can_grace_over = True
         self._poke()
 
     # ------------------------------------------------------------------ the target
