@@ -722,6 +722,7 @@ class _Run:
             self.change("narrow", narrowed, reason, frozen=True)
         else:
             assert exposed is not None
+            self.stop_window()  # summarised under the stage it soaked, with that stage's thresholds
             scope = self.stage_scope(exposed - 1) if exposed > 0 else Exposure()
             names = [st.name for st in plan.stages[exposed:]]
             voided = self.void_approvals(names)

@@ -826,3 +826,18 @@ def test_breaches_are_judged_against_the_thresholds_of_the_exposed_stage() -> No
     through_pilot(k)  # awaiting limited-25: the pilot's scope is in force
     k.send(BreachReported(source="am", threshold="errors", observed_at=k.now))
     assert k.s.containment is not None and k.s.containment.kind == "rollback"
+
+
+def test_a_rollback_summarises_the_interrupted_window_under_the_stage_it_soaked() -> None:
+    d = with_thresholds(watched(threshold(action="hold"), interval="1h"), 1,
+                        {"name": "latency", "query": "l", "max": 1, "action": "rollback"})
+    k = Kit(d)
+    into_limited(k)
+    assert k.s.status == "soaking" and k.s.watch is not None and k.s.watch.stage == "limited-25"
+    k.evaluate({"latency": 0.5})
+    k.evaluate({"latency": 3.0})  # breach: rollback to the pilot
+    assert k.s.status == "rolled_back"
+    summary = k.audits("window_summary")[-1].payload
+    assert summary["stage"] == "limited-25" and summary["outcome"] == "interrupted"
+    assert summary["thresholds"]["latency"]["failing_values"][0][1] == 3.0
+    assert summary["thresholds"]["latency"]["max"] == 3.0

@@ -12,12 +12,8 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
 - no command depends on the clock: a deadline is judged only when its timer fires, at
   the time the timer was set for (`DeadlineReached.at`), because after a lost cache
   the SDK may run an activation with an earlier workflow time than its replay does;
-  a timer is started whenever the next deadline changes, never cancelled (no
-  `wait_condition(timeout=)`), and the one set for continue-as-new's grace is a flag;
-- no workflow task completes empty: a task that would issue nothing upserts a memo.
-  SDK core collapses an empty task into the next one when it rebuilds a lost cache,
-  but not always on replay; a message handled in a collapsed task then comes out
-  after commands it preceded in the replay (sdk-rust #1146; seen in the chaos test);
+  timers are never cancelled (no `wait_condition(timeout=)`), and the one set for
+  continue-as-new's grace is a flag;
 - deliveries, the monitor, audit batches and notifications run beside the clock:
   nothing waits on a target, and continue-as-new carries what is unsent.
 """
@@ -92,10 +88,8 @@ class StagedRollout:
         self._delivery: asyncio.Task[None] | None = None
         self._monitor: tuple[WatchSpec, workflow.ActivityHandle[Any]] | None = None
         self._timers: set[Any] = set()  # fire times of timers started (never cancelled)
-        self._armed: Any = None  # the deadline the newest timer was started for
         self._clock: Any = None  # the newest deadline judged: the machine's time never goes back
         self._sa: tuple[str, str] | None = None
-        self._issued_at = -1  # history length of the last workflow task that issued a command
         self._can_after = inp.continue_as_new_after
         self._can_at: Any = None  # continue-as-new decided: work in flight may finish until its grace
         self._can_grace_over = False
@@ -126,7 +120,6 @@ class StagedRollout:
         assert self.s is not None
         workflow.upsert_search_attributes([search_attrs.OWNER.value_set(self.s.plan.owners.rollout),
                                            search_attrs.PLAN.value_set(self.s.plan.name)])
-        self._issued()
         while True:
             self._wake = False
             self._step()
@@ -135,13 +128,11 @@ class StagedRollout:
             if self._closing is None and self._can_at is None and self._should_continue_as_new():
                 self._can_at = workflow.now() + CAN_GRACE  # in-flight work may finish until then
                 asyncio.get_running_loop().create_task(self._can_grace())
-                self._issued()
                 if self._monitor is not None:
                     self._monitor[1].cancel()  # it reports what it evaluated, then ends
             if self._can_at is not None and (self._idle() or self._can_grace_over):
                 await self._continue_as_new()
             if not self._wake:
-                self._never_empty()
                 await workflow.wait_condition(lambda: self._wake)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return machine.status(self.s, workflow.now())
@@ -172,7 +163,6 @@ class StagedRollout:
             self._sa = (stage, status)
             workflow.upsert_search_attributes([search_attrs.STAGE.value_set(stage),
                                                search_attrs.STATUS.value_set(status)])
-            self._issued()
 
     def _take(self) -> None:
         """Finished activities first, then messages, each in arrival order."""
@@ -198,16 +188,6 @@ class StagedRollout:
             # ApplyExposure and Watch: the state holds the queue and the watch; _step acts on them
         self._wake = True
 
-    def _issued(self) -> None:
-        self._issued_at = workflow.info().get_current_history_length()
-
-    def _never_empty(self) -> None:
-        """Before waiting: if this workflow task issued no command, issue one (a memo)."""
-        n = workflow.info().get_current_history_length()
-        if self._issued_at != n:
-            self._issued_at = n
-            workflow.upsert_memo({"rollout_task": n})
-
     def _done(self) -> bool:
         s = self.s
         assert s is not None
@@ -219,15 +199,13 @@ class StagedRollout:
     # ------------------------------------------------------------------ timers
 
     def _arm_timer(self, due: Any) -> None:
-        """A timer for each new next deadline: whether one starts depends only on the
-        state, never on the workflow time (which an activation after a lost cache may see
-        earlier than its replay does)."""
-        if due is None or due == self._armed or due in self._timers:
+        """A timer for the next deadline unless one falls due no later (when it fires, the
+        deadline is judged at its time and the next timer starts). Whether one starts
+        depends only on the state, never on the workflow time."""
+        if due is None or any(t <= due for t in self._timers):
             return
-        self._armed = due
         self._timers.add(due)
         asyncio.get_running_loop().create_task(self._sleep(due))
-        self._issued()
 
     async def _sleep(self, due: Any) -> None:
         await workflow.sleep(max(0.001, (due - workflow.now()).total_seconds()))
@@ -249,7 +227,6 @@ class StagedRollout:
         if self._delivering is not None and (head is None or head.seq != self._delivering):
             if self._delivery is not None:
                 self._delivery.cancel()  # superseded: the target never sees it
-                self._issued()
             self._delivering = self._delivery = None
         if head is None or self._delivering is not None:
             return
@@ -258,7 +235,6 @@ class StagedRollout:
             return  # refused by the target: retried when the machine says
         self._delivering = head.seq
         self._delivery = asyncio.get_running_loop().create_task(self._deliver(head.seq))
-        self._issued()
 
     async def _deliver(self, seq: int) -> None:
         s = self.s
@@ -286,7 +262,6 @@ class StagedRollout:
             spec, handle = self._monitor
             if not spec.same_watch(s.watch) and not handle.done():
                 handle.cancel()  # it reports what it evaluated, then ends
-                self._issued()
             return
         if s.watch is not None and s.status not in machine.FINAL:
             spec = s.watch
@@ -296,7 +271,6 @@ class StagedRollout:
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
             self._monitor = (spec, handle)
-            self._issued()
             handle.add_done_callback(lambda _: self._monitor_done())
 
     def _monitor_done(self) -> None:
@@ -324,7 +298,6 @@ class StagedRollout:
             batch.append(ev)
         self._audit_busy = True
         asyncio.get_running_loop().create_task(self._write_audit(batch))
-        self._issued()
 
     async def _write_audit(self, batch: list[AuditEvent]) -> None:
         try:
@@ -346,7 +319,6 @@ class StagedRollout:
         for key in sorted(set(self._unsent) - self._sending):
             self._sending.add(key)
             asyncio.get_running_loop().create_task(self._send(key, self._unsent[key]))
-            self._issued()
 
     async def _send(self, key: int, n: Notification) -> None:
         try:
