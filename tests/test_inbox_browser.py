@@ -136,7 +136,7 @@ async def test_inbox_sign_in_approve_and_refusals_in_chromium(
       document.body.appendChild(f); f.submit();
     """
     await run(drv.execute_script, forge)
-    await wait_for(lambda: bool(drv.find_elements(By.CSS_SELECTOR, "[data-flash=refused]")), "refusal shown")
+    await wait_for(lambda: bool(drv.find_elements(By.CSS_SELECTOR, "[data-flash=refused]")), "refusal shown", within=45)
     refusal = await run(lambda: drv.find_element(By.CSS_SELECTOR, "[data-flash=refused]").text)
     assert f"{wid}: approve refused:" in refusal and "owner" in refusal, refusal
     assert (await status_of(dev_env, wid))["approvals"]["given"] == {}

@@ -392,7 +392,7 @@ async def test_markdown_and_html_reports_carry_the_same_figures(
     code, stdout, err = await cli(capsys, "review", RID, "--format", "html", "--out", str(out))
     assert code == 0 and stdout == "" and f"written to {out}" in err and "(stop)" in err
     page = out.read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1 + 9  # time in stage + 9 threshold plots
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1 + 10  # time in stage + 10 threshold plots
     assert "MISSED" in page and "stages[system-of-record].thresholds[error_rate].max" in page
 
 
@@ -512,10 +512,10 @@ async def test_html_review_renders_in_headless_chromium(
 
     seen = await asyncio.to_thread(look)
     assert seen["title"] == f"Review: {RID}" and seen["verdict"] == "stop"
-    # the three error_rate breaches are marked on their plots; the latency_p95 one is not: the
-    # machine summarises the window a rollback interrupts after moving the stage back, so that
-    # summary carries the pilot's thresholds only (error_rate)
-    assert seen["svgs"] == 10 and seen["bars"] == 3 and seen["breach_marks"] == 3
+    # every breach is marked on its plot: the three error_rate ones and the latency_p95 one of
+    # the limited-25 window the rollback interrupted (summarised under limited-25, with both
+    # of its thresholds)
+    assert seen["svgs"] == 11 and seen["bars"] == 3 and seen["breach_marks"] == 4
     assert seen["missed"] == "MISSED" and seen["plot_width"] == 480
     assert seen["resources"] == []  # nothing loaded from anywhere
     assert (REPO / "docs" / "review.png").stat().st_size > 20_000
