@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -220,3 +221,19 @@ def test_cli_prints_a_link_signed_with_the_inbox_secret(monkeypatch: pytest.Monk
     monkeypatch.delenv("ROLLOUT_INBOX_SECRET")
     assert cli_main(["inbox", "link", "--as", ENG1]) == 2
     assert "ROLLOUT_INBOX_SECRET is not set" in capsys.readouterr().err
+
+
+async def test_the_background_refresh_shows_a_message_without_taking_it_from_the_page(served: Any) -> None:
+    async with await served(None) as base, httpx.AsyncClient(base_url=base) as http:
+        link = sign_in_link(SECRET, ENG2, timedelta(minutes=5), base)
+        await http.post("/inbox/login", data={"token": parse_qs(urlsplit(link).query)["token"][0]})
+        csrf = re.search(r'name="csrf" value="([^"]+)"', (await http.get("/inbox")).text)
+        assert csrf is not None
+        r = await http.post("/inbox/act", data={"rollout": "rollout-no-such-rollout", "action": "approve",
+                                                 "stage": "pilot", "role": "engineering", "csrf": csrf.group(1)})
+        assert r.status_code == 303
+        # the page's refresh runs between the action and the redirect's page load
+        assert "rollout-no-such-rollout" in (await http.get("/inbox/fragment")).text
+        page = (await http.get("/inbox")).text
+        assert "data-flash=" in page and "rollout-no-such-rollout" in page
+        assert "rollout-no-such-rollout" not in (await http.get("/inbox")).text  # shown once, then gone

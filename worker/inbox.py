@@ -699,12 +699,18 @@ class Inbox:
         html = TEMPLATES.get_template(name).render(**context)
         return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
 
-    def _page_context(self, request: Request, me: Identity, view: InboxView, elapsed_ms: float) -> dict[str, Any]:
+    def _page_context(
+        self, request: Request, me: Identity, view: InboxView, elapsed_ms: float, *, consume: bool = True
+    ) -> dict[str, Any]:
+        """`consume`: a page load takes the messages; the page's background refresh only
+        shows them (it can run between an action storing its message and the redirect that
+        follows it, and would otherwise take the message from the page the person sees)."""
+        flashes = self._flash.pop(me.flash_key, []) if consume else list(self._flash.get(me.flash_key, []))
         return {
             "view": view,
             "me": me,
             "csrf": me.csrf,
-            "flashes": self._flash.pop(me.flash_key, []),
+            "flashes": flashes,
             "public_url": self.public_url(request),
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "elapsed_ms": elapsed_ms,
@@ -729,7 +735,7 @@ class Inbox:
         if me is None:
             return Response("signed out", status_code=401, headers=_SECURITY_HEADERS)
         view, ms = await self._view(me)
-        return self.render("_content.html", **self._page_context(request, me, view, ms))
+        return self.render("_content.html", **self._page_context(request, me, view, ms, consume=False))
 
     async def login_form(self, request: Request) -> Response:
         token = request.query_params.get("token", "")
