@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from sqlalchemy.engine import make_url
 
 from activities.audit_store import GENESIS_HASH, AuditStore, chain_hash
+from cli.main import main
 from rollout.models import AuditEvent
 from rollout.plan import canonical_json
 
@@ -223,3 +226,18 @@ def scenario_events(rid: str) -> list[AuditEvent]:
             AuditEvent(rollout_id=rid, seq=i, at=T0 + timedelta(hours=i), **data)
         )
     return out
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI entry in a thread (it runs its own event loop): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+
+    def run() -> int:
+        try:
+            return main(list(argv))
+        except SystemExit as exc:  # argparse usage errors
+            return int(exc.code or 0)
+
+    code = await asyncio.to_thread(run)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -12,7 +12,6 @@ made by `rollout keygen`). Each fault is caught by the store's verify and by
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -33,7 +32,7 @@ from activities.audit_store import Anchor, AuditStore, HeadKey, HeadSigner, Veri
 from activities.history_trail import HistoryTrail
 from cli.main import main
 from rollout.models import AuditBatch, AuditEvent, AuditHead
-from tests.audit_support import PLAN_HASH, make_events, rewrite_and_rehash, store_url_for, tamper
+from tests.audit_support import PLAN_HASH, cli, make_events, rewrite_and_rehash, store_url_for, tamper
 
 RID = "rollout-support-agent"
 PER_BATCH = 3
@@ -94,20 +93,6 @@ def run_cli_sync(*argv: str) -> str:
     assert code == 0, (argv, buf.getvalue())
     return buf.getvalue()
 
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in a thread (it runs its own event loop): (exit code, stdout, stderr)."""
-    capsys.readouterr()
-
-    def run() -> int:
-        try:
-            return main(list(argv))
-        except SystemExit as exc:
-            return int(exc.code or 0)
-
-    code = await asyncio.to_thread(run)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---- a trail written the way the workflow writes it ---------------------------------------

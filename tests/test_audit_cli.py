@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,8 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.audit_store import AuditStore
 from cli.commands.audit import parse_since
-from cli.main import main
-from tests.audit_support import make_events, scenario_events, store_url_for, tamper
+from tests.audit_support import cli, make_events, scenario_events, store_url_for, tamper
 from tests.test_audit_activity import AuditTestWorkflow, Spec, _worker
 
 RID = "rollout-support-agent"
@@ -39,20 +37,6 @@ async def store(url: str) -> AsyncIterator[AuditStore]:
     finally:
         await s.close()
 
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI in a thread (it runs its own event loop), return (exit code, stdout, stderr)."""
-    capsys.readouterr()
-
-    def run() -> int:
-        try:
-            return main(list(argv))
-        except SystemExit as exc:  # argparse usage errors
-            return int(exc.code or 0)
-
-    code = await asyncio.to_thread(run)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 async def test_markdown_report_reads_like_an_audit(store: AuditStore, capsys: pytest.CaptureFixture[str]) -> None:

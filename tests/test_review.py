@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 
 from activities.audit_store import AuditStore
-from cli.main import main
 from rollout.machine_model import Acknowledge, Amend, Approve, Resume
 from rollout.models import AuditEvent
 from rollout.review import build_review, render_html, render_markdown
-from tests.audit_support import store_url_for
+from tests.audit_support import cli, store_url_for
 from tests.machine_kit import Kit
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK, plan_dict
 
@@ -208,20 +207,6 @@ async def stored(url: str, scenario: Scenario) -> AsyncIterator[str]:
         await store.close()
     yield url
 
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the CLI entry in a thread (it runs its own event loop): (exit code, stdout, stderr)."""
-    capsys.readouterr()
-
-    def run() -> int:
-        try:
-            return main(list(argv))
-        except SystemExit as exc:  # argparse usage errors
-            return int(exc.code or 0)
-
-    code = await asyncio.to_thread(run)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def seqs(sc: Scenario, action: str, **payload: Any) -> list[int]:
