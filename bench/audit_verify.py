@@ -23,15 +23,12 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import argparse
 import asyncio
-import secrets
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy.engine import make_url
 
 from activities.audit_store import (
     Anchor,
@@ -42,9 +39,16 @@ from activities.audit_store import (
     content_hash,
     key_id_for,
     normalize_event,
-    normalize_url,
 )
-from bench.common import Deadline, emit, machine, max_rss_kb, stdout_to_stderr
+from bench.common import (
+    Deadline,
+    PostgresUnreachable,
+    emit,
+    fresh_pg_database,
+    machine,
+    max_rss_kb,
+    stdout_to_stderr,
+)
 from rollout.models import AuditEvent
 
 RID = "rollout-bench-verify"
@@ -114,29 +118,13 @@ async def run_store(url: str, args: argparse.Namespace, budget: Deadline) -> dic
         await store.close()
 
 
-def _dsn(url: str) -> str:
-    return make_url(normalize_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
-
 
 async def run_pg(args: argparse.Namespace, budget: Deadline) -> dict[str, Any]:
-    name = f"rollout_audit_verify_bench_{secrets.token_hex(6)}"
     try:
-        admin = await asyncpg.connect(_dsn(args.pg_url), timeout=10)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        async with fresh_pg_database(args.pg_url, "rollout_audit_verify_bench") as url:
+            return {"database": "fresh, dropped afterwards", **await run_store(url, args, budget)}
+    except PostgresUnreachable as exc:
         return {"skipped": f"cannot connect to PostgreSQL: {exc}"}
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        url = make_url(normalize_url(args.pg_url)).set(database=name).render_as_string(hide_password=False)
-        return {"database": "fresh, dropped afterwards", **await run_store(url, args, budget)}
-    finally:
-        admin = await asyncpg.connect(_dsn(args.pg_url), timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,17 +21,22 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 
 import argparse
 import asyncio
-import secrets
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
-from sqlalchemy.engine import make_url
-
-from activities.audit_store import AuditStore, normalize_url
-from bench.common import Deadline, emit, machine, max_rss_kb, stdout_to_stderr, summary_ms
+from activities.audit_store import AuditStore
+from bench.common import (
+    Deadline,
+    PostgresUnreachable,
+    emit,
+    fresh_pg_database,
+    machine,
+    max_rss_kb,
+    stdout_to_stderr,
+    summary_ms,
+)
 from rollout.models import AuditEvent
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -117,29 +122,13 @@ async def run_store(url: str, batches: list[list[AuditEvent]], budget: Deadline)
         await store.close()
 
 
-def _dsn(url: str) -> str:
-    return make_url(normalize_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
-
 
 async def run_pg(base_url: str, batches: list[list[AuditEvent]], budget: Deadline) -> dict[str, Any]:
-    name = f"rollout_audit_bench_{secrets.token_hex(6)}"
     try:
-        admin = await asyncpg.connect(_dsn(base_url), timeout=10)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        async with fresh_pg_database(base_url, "rollout_audit_bench") as url:
+            return {"database": "fresh, dropped afterwards", **await run_store(url, batches, budget)}
+    except PostgresUnreachable as exc:
         return {"skipped": f"cannot connect to PostgreSQL: {exc}"}
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        url = make_url(normalize_url(base_url)).set(database=name).render_as_string(hide_password=False)
-        return {"database": "fresh, dropped afterwards", **await run_store(url, batches, budget)}
-    finally:
-        admin = await asyncpg.connect(_dsn(base_url), timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:

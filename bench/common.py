@@ -8,17 +8,21 @@ import math
 import os
 import platform
 import resource
+import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 
+from activities.audit_store import normalize_url
 from workflows import search_attrs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,3 +126,31 @@ class Deadline:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.end
+
+
+class PostgresUnreachable(Exception):
+    """The PostgreSQL server a bench was pointed at does not answer."""
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_database(base_url: str, prefix: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of `base_url` (its SQLAlchemy URL), dropped
+    afterwards. PostgresUnreachable when the server cannot be reached."""
+    dsn = make_url(normalize_url(base_url)).set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    try:
+        admin = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise PostgresUnreachable(str(exc)) from exc
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield make_url(normalize_url(base_url)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
