@@ -91,7 +91,7 @@ class StagedRollout:
         self._clock: Any = None  # the newest deadline judged: the machine's time never goes back
         self._sa: tuple[str, str] | None = None
         self._can_after = inp.continue_as_new_after
-        self._can_at: Any = None  # continue-as-new decided: work in flight may finish until its grace
+        self._continuing = False  # continue-as-new decided: work in flight may finish until its grace
         self._can_grace_over = False
         if self.s is None:  # a fresh start: decided now, so messages can be judged at once
             info = workflow.info()
@@ -125,12 +125,12 @@ class StagedRollout:
             self._step()
             if self._closing is not None and self._done():
                 break
-            if self._closing is None and self._can_at is None and self._should_continue_as_new():
-                self._can_at = workflow.now() + CAN_GRACE  # in-flight work may finish until then
+            if self._closing is None and not self._continuing and self._should_continue_as_new():
+                self._continuing = True
                 asyncio.get_running_loop().create_task(self._can_grace())
                 if self._monitor is not None:
                     self._monitor[1].cancel()  # it reports what it evaluated, then ends
-            if self._can_at is not None and (self._idle() or self._can_grace_over):
+            if self._continuing and (self._idle() or self._can_grace_over):
                 await self._continue_as_new()
             if not self._wake:
                 await workflow.wait_condition(lambda: self._wake)
@@ -152,7 +152,7 @@ class StagedRollout:
         """Take finished activities, then messages, then the time; start what is due."""
         self._take()
         assert self.s is not None
-        if self._can_at is None:  # about to continue as new: nothing new starts
+        if not self._continuing:  # about to continue as new: nothing new starts
             self._start_delivery()
             self._start_monitor()
             self._start_audit()
