@@ -193,6 +193,8 @@ async def test_inbox_sign_in_approve_and_refusals_in_chromium(
         await run(lambda: drv.find_element(By.ID, "sign-in").click())
         if attempt == 0:
             await wait_for(lambda: drv.find_element(By.ID, "identity").text == ENG2, "first use signs in")
+    # the second use's answer is a new page: wait for it rather than read the one being left
+    await wait_for(lambda: bool(drv.find_elements(By.CSS_SELECTOR, ".flash.refused")), "reused link refused")
     refused = await run(lambda: drv.find_element(By.CSS_SELECTOR, ".flash.refused").text)
     assert "already used" in refused
     assert await run(lambda: drv.find_elements(By.ID, "identity")) == []
