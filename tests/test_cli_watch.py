@@ -112,10 +112,15 @@ async def test_watch_piped_prints_one_line_per_change_and_returns_at_a_terminal_
         await asyncio.sleep(1.0)  # several reads of an unchanged rollout: still one line
         assert (await cli("approve", name, "--role", "engineering", "--as", ENG1, capsys=capsys))[0] == 0
         await wait_status(name, capsys, lambda s: s["status"] == "soaking")
-        await asyncio.sleep(0.6)
+        # abort only once watch has printed the soaking line: a loaded machine may poll slowly
+        seen = first
+        while "soaking pilot" not in seen:
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+            assert line, f"watch ended before showing the soaking rollout: {seen}"
+            seen += line
         assert (await cli("abort", name, "--reason", "seen enough", "--as", OWNER, capsys=capsys))[0] == 0
         rest, err = await asyncio.to_thread(proc.communicate, timeout=30)
-        out = first + rest
+        out = seen + rest
     finally:
         if proc.poll() is None:
             proc.kill()

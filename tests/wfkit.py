@@ -14,6 +14,7 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from rollout.models import MonitorRequest, MonitorResult
@@ -75,12 +76,18 @@ async def wait_for(
 ) -> dict[str, Any]:
     deadline = time.monotonic() + within
     last: dict[str, Any] = {}
+    unanswered: list[str] = []
     while time.monotonic() < deadline:
-        last = await status(h)
+        try:
+            last = await status(h)
+        except RPCError as exc:  # a query can time out while the run continues as new on a loaded server
+            unanswered.append(str(exc))
+            continue
         if pred(last):
             return last
         await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not reached; last status={last.get('status')} stage={last.get('stage')}: {last}")
+    raise AssertionError(f"condition not reached; last status={last.get('status')} stage={last.get('stage')}: {last}"
+                         f" (unanswered queries: {unanswered})")
 
 
 async def signal(h: WorkflowHandle[Any, Any], name: str, **payload: Any) -> None:
