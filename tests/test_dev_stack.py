@@ -247,6 +247,29 @@ def test_receiver_exits_130_on_ctrl_c_and_0_on_sigterm(dev_env: Any, sig: int, c
         proc.stderr.close()
 
 
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_worker_exits_130_on_ctrl_c_and_0_on_sigterm(dev_env: Any, tmp_path: Path, sig: int, code: int) -> None:
+    env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+           "ROLLOUT_TASK_QUEUE": f"exit-code-{sig}", "ROLLOUT_DB_URL": f"sqlite:///{tmp_path / 'audit.db'}"}
+    proc = subprocess.Popen([ROLLOUT, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    try:
+        seen = ""
+        while "worker polling task queue" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"the worker stopped before polling:\n{seen}"
+            seen += line
+        time.sleep(0.5)  # polling
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
 def test_unreachable_temporal_is_exit_3() -> None:
     env = {**os.environ, "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}
     r = subprocess.run([ROLLOUT, "status", "anything"], capture_output=True, text=True, env=env, timeout=60)

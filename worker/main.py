@@ -70,8 +70,10 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     metrics_address: str | None = None,
     collector: CollectorSettings | None = None,
-) -> None:
+) -> int | None:
     """`rollout worker`: connect, migrate the audit store, run until SIGINT/SIGTERM.
+
+    Returns the signal that stopped it (None when `stop` was set by the caller).
 
     With `metrics_address`, serve `/metrics` (Temporal SDK, activity and controller
     metrics), `/healthz` and `/readyz` there (worker/metrics.py)."""
@@ -82,8 +84,14 @@ async def run_worker(
     await store.migrate()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    stopped_by: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        stopped_by.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     worker = build_worker(client, store)
     log.info("worker polling task queue %s%s", task_queue(),
              f"; metrics on http://{metrics_address}/metrics" if metrics_address else "")
@@ -96,3 +104,4 @@ async def run_worker(
             await stop.wait()
     finally:
         await store.close()
+    return stopped_by[0] if stopped_by else None

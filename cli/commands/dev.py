@@ -50,5 +50,10 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from worker.main import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    await run_worker(metrics_address=args.metrics_address)
-    return 0
+    import signal
+
+    from cli.main import EXIT_INTERRUPTED
+
+    stopped_by = await run_worker(metrics_address=args.metrics_address)
+    # Ctrl-C is an interruption (130, like every command); SIGTERM a requested stop (0)
+    return EXIT_INTERRUPTED if stopped_by == signal.SIGINT else 0
