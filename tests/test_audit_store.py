@@ -272,3 +272,33 @@ async def test_from_env_defaults_to_sqlite_in_the_state_dir(
     finally:
         await s.close()
     assert (tmp_path / "state" / "audit.db").exists()
+
+
+@pytest.mark.parametrize("text", ["plain", "é ü 日本", "quote\" back\\slash", "ctl\x01\x1f\t\n", "sep\u2028\u2029", "😀", ""])
+def test_verify_fast_text_is_the_canonical_hashed_text(text: str) -> None:
+    from activities.audit_store import _stored_fields_text, event_fields
+    from rollout.plan import canonical_json
+
+    ev = make_event(RID, 7, payload={"k": text}).model_copy(update={"actor": text, "reason": text, "stage": text})
+    fields = event_fields(ev)
+    row = {**fields, "seq": ev.seq}
+    assert _stored_fields_text(row, ev.at, canonical_json(fields["payload"])) == canonical_json(fields)
+    assert _stored_fields_text({**row, "role": None, "reason": None}, ev.at, "{}") == canonical_json(
+        {**fields, "role": None, "reason": None, "payload": {}})
+
+
+async def test_verify_checks_every_signature_when_heads_span_threads(store: AuditStore) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from activities.audit_store import HeadKey, HeadSigner, key_id_for
+
+    private, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    signer = HeadSigner(private, key_id_for(private.public_key()))
+    forger = HeadSigner(other, signer.key_id)  # claims the right key id
+    await store.append(make_events(RID, 1100))
+    for seq in range(1, 1101):
+        await store.record_head(RID, seq, forger if seq == 900 else signer)
+    report = await store.verify(RID, key=HeadKey(private.public_key(), signer.key_id))
+    chain = report.chains[0]
+    assert chain.signed_heads == 1100
+    assert [(f.seq, f.kind) for f in chain.faults] == [(900, "bad_signature")]
