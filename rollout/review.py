@@ -93,6 +93,7 @@ class _Containment:
     thresholds: list[str]
     breach_id: int | None
     ended: dict[str, Any] | None = None
+    from_stage: str | None = None  # a rollback: the stage whose exposure it ended
 
 
 @dataclass
@@ -299,6 +300,10 @@ class _Builder:
         c = _Containment(ev.seq, kind + (" (frozen while rolled back)" if frozen else ""), ev.at, ev.actor,
                          ev.reason, ev.stage, [str(t) for t in p.get("thresholds") or []],
                          p.get("breach") if isinstance(p.get("breach"), int) else None)
+        if kind == "rollback" and not frozen:  # the row names the stage rolled back to; the one left is voided
+            prev = self.prev
+            left = prev.payload.get("from") if prev is not None and prev.action == "approvals_voided" else None
+            c.from_stage = str(left) if left else ev.stage
         if not frozen:
             for o in self.open:
                 o.ended = {"how": f"became {kind}", "at": _iso(ev.at), "seq": ev.seq, "actor": ev.actor,
@@ -488,7 +493,7 @@ class _Builder:
                 continue
             containments.append({
                 "seq": c.seq, "kind": c.kind, "at": _iso(c.at), "actor": c.actor, "reason": c.reason,
-                "stage": c.stage, "thresholds": c.thresholds, "breach": c.breach_id,
+                "stage": c.stage, "from_stage": c.from_stage, "thresholds": c.thresholds, "breach": c.breach_id,
                 "ended": c.ended or {"how": "still open", "at": None, "seq": None, "actor": None,
                                      "after_seconds": _secs(end - c.at)},
             })
@@ -583,7 +588,8 @@ def _suggest(review: dict[str, Any], b: _Builder) -> list[dict[str, Any]]:
 
     rollbacks = [c for c in review["containments"] if c["kind"] == "rollback"]
     if rollbacks:
-        what = "; ".join(f"seq {c['seq']} from {c['stage'] or '-'}: {c['reason']}" for c in rollbacks)
+        what = "; ".join(f"seq {c['seq']} from {c['from_stage'] or c['stage'] or '-'} to {c['stage'] or '-'}: "
+                         f"{c['reason']}" for c in rollbacks)
         add("rollback", f"stop and review: rolled back {len(rollbacks)} time{'s' * (len(rollbacks) != 1)} ({what})",
             [c["seq"] for c in rollbacks])
     if review["status"] == "aborted" and b.final is not None:

@@ -290,6 +290,7 @@ async def test_review_from_the_store_alone_matches_the_scenario(
     ]
     assert [c["ended"]["after_seconds"] for c in cs] == [secs(H), secs(H), secs(4 * M), secs(H)]
     assert cs[3]["stage"] == "pilot" and cs[3]["thresholds"] == ["latency_p95"]
+    assert cs[3]["from_stage"] == "limited-25" and cs[0]["from_stage"] is None
 
     # escalations: time to acknowledge against the SLA, pages sent
     es = r["escalations"]
@@ -357,6 +358,7 @@ async def test_review_from_the_store_alone_matches_the_scenario(
         ("adjust", "sla_missed", esc2),
     ]
     assert "error_rate: breached and resumed without change 3 times" in r["suggestions"][1]["text"]
+    assert f"seq {cs[3]['seq']} from limited-25 to pilot:" in r["suggestions"][0]["text"]
     assert "acknowledged after 12m, SLA 5m, 3 pages" in r["suggestions"][2]["text"]
 
 
