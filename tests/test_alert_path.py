@@ -39,6 +39,7 @@ GROUP_WAIT = 1.0
 INTERVAL = 1.0  # plan metrics.interval and Prometheus scrape/evaluation interval
 SUFFIX = uuid.uuid4().hex[:6]
 ALERT_PLAN = f"alert-path-{SUFFIX}"
+STAGE_PLAN = f"alert-stage-{SUFFIX}"  # its alert is labelled for limited-25 while the pilot is exposed
 APPROVER = "frank@example.com"  # engineering approver in examples/support-reply-agent.yaml
 
 
@@ -113,13 +114,22 @@ def prom(exporter: Exporter, alertmanager: Alertmanager) -> Iterator[Prometheus]
                         "for": "0s",
                         "labels": {"rollout": ALERT_PLAN, "threshold": "error_rate", "severity": "page"},
                         "annotations": {"value": "{{ $value }}", "summary": "error rate high"},
-                    }
+                    },
+                    {
+                        "alert": "RolloutErrorRateHighLimited25",
+                        "expr": f"{q('alert-stage')} > 0.05",
+                        "for": "0s",
+                        "labels": {"rollout": STAGE_PLAN, "threshold": "error_rate", "stage": "limited-25",
+                                   "severity": "page"},
+                        "annotations": {"value": "{{ $value }}", "summary": "error rate high in limited-25"},
+                    },
                 ],
             }
         ]
     }
     exporter.set("ready", 1.0)
     exporter.set("alert", 0.0)
+    exporter.set("alert-stage", 0.0)
     p = Prometheus([exporter.target], rules=rules, alertmanager=alertmanager.address, interval=f"{INTERVAL:g}s")
     try:
         p.wait_for_value(q("ready"), lambda v: v == 1.0, timeout=30)
@@ -229,13 +239,50 @@ async def test_alert_holds_rollout(
     # from the change: one scrape, one rule evaluation, the group wait, the delivery
     assert elapsed < 2 * INTERVAL + GROUP_WAIT + 1.5
 
-    # Alertmanager re-sends and the alert resolves: nothing resumes, nothing doubles
+    # Alertmanager re-sends and the alert resolves: recorded (report_resolved), nothing resumes, nothing doubles
     exporter.set("alert", 0.0)
-    await asyncio.sleep(GROUP_WAIT + 3 * INTERVAL)
-    st = await status(h)
+    deadline = time.monotonic() + 30
+    while not (st := await status(h))["open_breaches"][0]["evidence"].get("resolved"):
+        assert time.monotonic() < deadline, f"the resolved alert never reached the rollout: {st['open_breaches']}"
+        await asyncio.sleep(0.2)
+    (resolved,) = st["open_breaches"][0]["evidence"]["resolved"]
+    assert resolved["source"] == "alertmanager"
+    assert datetime.fromisoformat(resolved["observed_at"]).timestamp() >= fired  # Alertmanager's endsAt
+    assert st["open_breaches"][0]["resolved_at"] is not None
     assert st["status"] == "held"
     assert len(st["open_breaches"]) == 1
     exporter.set("alert", 0.0)
+    await h.signal("abort", {"actor": "alice@example.com", "reason": "test done"})
+
+
+async def test_alert_for_another_stage_is_recorded_not_acted_on(
+    dev_env: WorkflowEnvironment, prom: Prometheus, alertmanager: Alertmanager, receiver: str, worker: Worker,
+    queue: str, exporter: Exporter
+) -> None:
+    """An alert labelled `stage: limited-25` while the pilot is exposed (as `rollout plan
+    rules` writes them, the join on rollout_exposure_info aside) reaches the rollout through
+    Prometheus, Alertmanager and the receiver, and is recorded without any containment."""
+    plan = plan_for(
+        STAGE_PLAN,
+        prom.url,
+        [{"name": "error_rate", "query": q("stage-monitor"), "max": 0.05, "for": 3, "on_no_data": "ignore",
+          "action": "hold"}],
+    )
+    exporter.set("stage-monitor", 0.0)
+    h = await start_soaking(dev_env.client, queue, plan)
+    exporter.set("alert-stage", 0.5)
+    deadline = time.monotonic() + 30
+    while not (st := await status(h))["open_breaches"]:
+        assert time.monotonic() < deadline, "the limited-25 alert never reached the rollout"
+        await asyncio.sleep(0.2)
+    (breach,) = st["open_breaches"]
+    assert breach["evidence"]["source"] == "alertmanager" and breach["threshold"] == "error_rate"
+    assert breach["applied"] is False
+    assert "for stage 'limited-25', not the exposed stage 'pilot'" in breach["note"]
+    await asyncio.sleep(GROUP_WAIT + 2 * INTERVAL)  # repeats change nothing either
+    st = await status(h)
+    assert (st["status"], st["exposure_stage"], st["hold"]) == ("soaking", "pilot", None)
+    exporter.set("alert-stage", 0.0)
     await h.signal("abort", {"actor": "alice@example.com", "reason": "test done"})
 
 
