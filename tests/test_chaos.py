@@ -37,6 +37,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -154,6 +155,7 @@ class Tally:
     sent: Counter[str] = field(default_factory=Counter)
     ok: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
+    busy: Counter[str] = field(default_factory=Counter)  # refused as Busy: sent in a rebuilt task, not judged
     unknown: Counter[str] = field(default_factory=Counter)
     signals: int = 0
     unlisted_ok: list[str] = field(default_factory=list)
@@ -164,8 +166,11 @@ async def update(h: WorkflowHandle[Any, Any], tally: Tally, kind: str, payload: 
     tally.sent[kind] += 1
     try:
         res = await asyncio.wait_for(h.execute_update(kind, payload, result_type=dict), 45)
-    except WorkflowUpdateFailedError:
-        tally.refused[kind] += 1
+    except WorkflowUpdateFailedError as exc:
+        if isinstance(exc.cause, ApplicationError) and exc.cause.type == "Busy":
+            tally.busy[kind] += 1
+        else:
+            tally.refused[kind] += 1
         return False
     except Exception:  # worker gone, deadline: the outcome is read from history later
         tally.unknown[kind] += 1
@@ -369,7 +374,8 @@ async def test_rollouts_survive_worker_sigkills_with_nothing_lost_doubled_or_reo
             "rollouts": ROLLOUTS, "duration_s": round(duration, 1), "kills": kills,
             "worker_starts": workers.started, "statuses": dict(by_status),
             "updates_sent": sum(tally.sent.values()), "updates_ok": sum(tally.ok.values()),
-            "updates_refused": sum(tally.refused.values()), "updates_unknown": sum(tally.unknown.values()),
+            "updates_refused": sum(tally.refused.values()), "updates_busy": sum(tally.busy.values()),
+            "updates_unknown": sum(tally.unknown.values()),
             "breach_signals": tally.signals,
             "accepted_in_history": sum(sum(accepted_updates(hs).values()) for hs in histories.values()),
             "exposure_requests": len(exposures), "exposure_keys": len(bodies),

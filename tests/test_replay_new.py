@@ -1,7 +1,10 @@
 """Replay committed histories of the state-machine StagedRollout (tests/histories/machine/).
 
-Each history carries the `state-machine-v2` patch marker, so it replays through the
-new shell (tests/test_replay.py replays the legacy histories, recorded before it).
+Each history carries the `state-machine-v2` and `no-empty-tasks` patch markers, so it
+replays through the new shell (tests/test_replay.py replays the legacy histories,
+recorded before it). tests/histories/machine-v2/ holds the same scenarios recorded
+before `no-empty-tasks` (no memo per outside event): rollouts started then must still
+finish on today's code, so they replay too.
 Together they include a whole rollout, continue-as-new, an amendment applied, a
 rollback and its resume, and Updates that arrived after empty workflow tasks with the
 cache lost (tests/test_nondeterminism_guard.py).
@@ -32,10 +35,11 @@ from tests import history_shape, plans
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
 from tests.wfkit import STARTED, bounded_shutdown, hours, signal, start, status, wait_for
 from worker.main import build_worker
-from workflows.staged_rollout import PATCH, StagedRollout
+from workflows.staged_rollout import PATCH, PATCH_HANDLED, StagedRollout
 
 MACHINE = Path(__file__).parent / "histories" / "machine"
 HISTORIES = sorted(MACHINE.glob("*.json"))
+BEFORE_NO_EMPTY_TASKS = sorted((Path(__file__).parent / "histories" / "machine-v2").glob("*.json"))
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -64,11 +68,19 @@ def test_machine_histories_cover_a_whole_rollout_continue_as_new_amendment_rollb
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
-def test_machine_history_carries_the_state_machine_patch_marker(path: Path) -> None:
+def test_machine_history_carries_the_patch_markers_and_no_empty_task(path: Path) -> None:
+    events = load(path).events
+    assert history_shape.patch_ids(events) == [PATCH, PATCH_HANDLED]
+    assert history_shape.silent_tasks(events) == []
+
+
+@pytest.mark.parametrize("path", BEFORE_NO_EMPTY_TASKS, ids=[p.stem for p in BEFORE_NO_EMPTY_TASKS])
+def test_history_before_no_empty_tasks_carries_only_the_state_machine_marker(path: Path) -> None:
     assert history_shape.patch_ids(load(path).events) == [PATCH]
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+@pytest.mark.parametrize("path", HISTORIES + BEFORE_NO_EMPTY_TASKS,
+                         ids=[f"{p.parent.name}/{p.stem}" for p in HISTORIES + BEFORE_NO_EMPTY_TASKS])
 async def test_machine_history_replays(path: Path) -> None:
     assert history_shape.failures(load(path).events) == []
     replayer = Replayer(workflows=[StagedRollout], data_converter=pydantic_data_converter)

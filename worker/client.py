@@ -6,6 +6,7 @@ callers see `RefusedError` (exit 1), `NotFoundError` (exit 1), `ConnectionFailed
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from temporalio.client import (
@@ -94,22 +95,33 @@ async def start(
         raise _rpc_error(exc, wid) from None
 
 
+BUSY_RETRIES = 20  # a Busy refusal lasts one workflow task: sent again at once, it lands in the next
+
+
 async def act(client: Client, ident: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Run a human action as an Update; a refusal raises RefusedError with the workflow's reason."""
+    """Run a human action as an Update; a refusal raises RefusedError with the workflow's reason.
+
+    A `Busy` refusal (the workflow was being rebuilt on another worker, docs/workflow.md)
+    is not the user's business: the action is sent again, a few times, after a short pause."""
     handle = await resolve(client, ident)
     desc = await handle.describe()
     if desc.status != WorkflowExecutionStatus.RUNNING:
         raise RefusedError(f"rollout {handle.id} is closed ({desc.status.name.lower() if desc.status else 'closed'})")
-    try:
-        result: dict[str, Any] = await handle.execute_update(action, payload, result_type=dict)
-        return result
-    except WorkflowUpdateFailedError as exc:
-        cause = exc.cause
-        if isinstance(cause, ApplicationError):
-            raise RefusedError(cause.message) from None
-        raise RefusedError(str(cause or exc)) from None
-    except RPCError as exc:
-        raise _rpc_error(exc, handle.id) from None
+    for attempt in range(BUSY_RETRIES + 1):
+        try:
+            result: dict[str, Any] = await handle.execute_update(action, payload, result_type=dict)
+            return result
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError):
+                if cause.type == "Busy" and attempt < BUSY_RETRIES:
+                    await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+                    continue
+                raise RefusedError(cause.message) from None
+            raise RefusedError(str(cause or exc)) from None
+        except RPCError as exc:
+            raise _rpc_error(exc, handle.id) from None
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 async def status(client: Client, ident: str) -> dict[str, Any]:

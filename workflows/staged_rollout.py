@@ -15,7 +15,25 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
   timers are never cancelled (no `wait_condition(timeout=)`), and the one set for
   continue-as-new's grace is a flag;
 - deliveries, the monitor, audit batches and notifications run beside the clock:
-  nothing waits on a target, and continue-as-new carries what is unsent.
+  nothing waits on a target, and continue-as-new carries what is unsent;
+- no workflow task that carries an event from outside (an activity's end, a timer,
+  a signal) completes without a command: each such event, where its coroutine resumes,
+  records one memo upsert (`_handled`). SDK core 1.35 folds a task that completed with
+  no command into the next one on replay (its v1 "heartbeat" chunking) but not always
+  live, so an Update that followed such a task was replayed in another activation, at
+  another time, than it ran (sdk-rust #1146: the chaos test's stuck rollouts).
+  Superseded deliveries wait for their cancellation, so its end is seen too;
+- an Update is refused as `Busy` (send it again) when accepting it could put its
+  acceptance after commands that a replay issues after it. After a worker died, a
+  worker can run a workflow task that carries no start of its own (its workflow time
+  is the previous task's, its history longer): the server then times that attempt out,
+  but the commands it issued go out with the next task, beside that task's Update,
+  while a replay hands the event and the Update over in one activation, acceptance
+  first (`Update machine does not handle ...`, the chaos test's stuck rollouts). So:
+  an Update is refused when its validator runs in the same task as a loop step already
+  taken, and once after such a task without a start (`_suspect_at`). A refused Update
+  leaves no history; the client sends it again (worker/client.py) and it lands in a
+  later task.
 """
 
 from __future__ import annotations
@@ -53,11 +71,13 @@ with workflow.unsafe.imports_passed_through():
     from workflows.messages import ActionInput, BreachReport, RolloutInput
 
 PATCH = "state-machine-v2"
+PATCH_HANDLED = "no-empty-tasks"  # runs started before it keep their old command sequence
 MAX_SIGNAL_BYTES = 64 * 1024
 AUDIT_BATCH_ROWS = 200
 AUDIT_BATCH_BYTES = 256 * 1024
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 CAN_GRACE = timedelta(seconds=10)
+BUSY_REASON = "the rollout is being moved to another worker; send the action again"
 ACTIONS = ("approve", "reject", "hold", "resume", "rollback", "acknowledge", "amend", "abort")
 
 
@@ -74,6 +94,8 @@ class StagedRollout:
             self._legacy = LegacyStagedRollout(inp)  # recorded before the state machine
             return
         self._based = inp.machine is not None
+        self._mark = workflow.patched(PATCH_HANDLED)  # decided once per run, at its first task
+        self._handled_count = 0
         self.s: State | None = inp.machine.model_copy(update={"runs": inp.machine.runs + 1}) if inp.machine else None
         self._inbox: list[tuple[Event, dict[str, Any] | None]] = []  # messages, with an update's reply slot
         self._results: list[Event] = []  # finished activities, in the order they finished
@@ -93,6 +115,10 @@ class StagedRollout:
         self._can_after = inp.continue_as_new_after
         self._continuing = False  # continue-as-new decided: work in flight may finish until its grace
         self._can_grace_over = False
+        self._stepped_at: Any = None  # workflow time and history length of the last loop step
+        self._stepped_len = 0
+        self._suspect_at: Any = None  # a live step in a task without a start of its own (see the module doc)
+        self._suspect_refused_at: Any = None
         if self.s is None:  # a fresh start: decided now, so messages can be judged at once
             info = workflow.info()
             self.s, cmds = machine.start(inp.plan, workflow_id=info.workflow_id,
@@ -150,6 +176,7 @@ class StagedRollout:
 
     def _step(self) -> None:
         """Take finished activities, then messages, then the time; start what is due."""
+        self._note_step()
         self._take()
         assert self.s is not None
         if not self._continuing:  # about to continue as new: nothing new starts
@@ -163,6 +190,30 @@ class StagedRollout:
             self._sa = (stage, status)
             workflow.upsert_search_attributes([search_attrs.STAGE.value_set(stage),
                                                search_attrs.STATUS.value_set(status)])
+
+    def _note_step(self) -> None:
+        """Activations of one workflow task share its time; a new task brings a new time. A
+        live step at the previous step's time with a longer history runs in a task without a
+        start of its own: remember it, so the next Update is refused once (`_check`)."""
+        now, length = workflow.now(), workflow.info().get_current_history_length()
+        if not workflow.unsafe.is_replaying() and now == self._stepped_at and length > self._stepped_len:
+            self._suspect_at, self._suspect_refused_at = now, None
+        self._stepped_at, self._stepped_len = now, length
+
+    def _busy(self) -> bool:
+        """Whether an Update arriving now must be sent again (validators only; see the module doc)."""
+        now = workflow.now()
+        if now == self._stepped_at:
+            return True  # a step already ran in this task: acceptance would come after its commands
+        if self._suspect_at is None:
+            return False
+        if self._suspect_refused_at is None:
+            self._suspect_refused_at = now  # refused once: the task that carries this refusal
+            return True  # takes the suspect commands to history on their own
+        if now > self._suspect_refused_at:
+            self._suspect_at = self._suspect_refused_at = None
+            return False
+        return True
 
     def _take(self) -> None:
         """Finished activities first, then messages, each in arrival order."""
@@ -196,6 +247,12 @@ class StagedRollout:
     def _poke(self) -> None:
         self._wake = True
 
+    def _handled(self) -> None:
+        """An event from outside was just handled: one command for it (see the module doc)."""
+        if self._mark:
+            self._handled_count += 1
+            workflow.upsert_memo({"events_handled": self._handled_count})
+
     # ------------------------------------------------------------------ timers
 
     def _arm_timer(self, due: Any) -> None:
@@ -209,12 +266,14 @@ class StagedRollout:
 
     async def _sleep(self, due: Any) -> None:
         await workflow.sleep(max(0.001, (due - workflow.now()).total_seconds()))
+        self._handled()
         self._timers.discard(due)
         self._results.append(DeadlineReached(at=due))  # judged at `due`, whenever handled
         self._poke()
 
     async def _can_grace(self) -> None:
         await workflow.sleep(CAN_GRACE)
+        self._handled()
         self._can_grace_over = True
         self._poke()
 
@@ -240,13 +299,19 @@ class StagedRollout:
         s = self.s
         assert s is not None
         change = next(c for c in s.changes if c.seq == seq)
+        cancel = (workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED if self._mark
+                  else workflow.ActivityCancellationType.TRY_CANCEL)
         try:
             res = await workflow.execute_activity("apply_exposure", change, result_type=TargetResult,
-                                                  start_to_close_timeout=timedelta(seconds=60), retry_policy=RETRY)
-            self._results.append(TargetAcked(seq=seq, detail=res.detail))
+                                                  start_to_close_timeout=timedelta(seconds=60), retry_policy=RETRY,
+                                                  cancellation_type=cancel)
+            self._handled()
+            self._results.append(TargetAcked(seq=seq, detail=res.detail))  # the machine ignores a superseded seq
         except ActivityError as exc:
+            self._handled()
             self._results.append(TargetFailed(seq=seq, error=str(exc.cause or exc), permanent=True))
         except asyncio.CancelledError:
+            self._handled()
             return
         finally:
             if self._delivering == seq:
@@ -274,6 +339,7 @@ class StagedRollout:
             handle.add_done_callback(lambda _: self._monitor_done())
 
     def _monitor_done(self) -> None:
+        self._handled()
         if self._monitor is None:
             return
         _, handle = self._monitor
@@ -303,6 +369,7 @@ class StagedRollout:
         try:
             head = await workflow.execute_activity("record_audit", AuditBatch(events=batch), result_type=AuditHead,
                                                    start_to_close_timeout=timedelta(seconds=60), retry_policy=RETRY)
+            self._handled()
             sent = {e.seq for e in batch}
             self._outbox = [e for e in self._outbox if e.seq not in sent]
             self._results.append(AuditAnchored(head=head.model_dump(mode="json")))
@@ -325,9 +392,11 @@ class StagedRollout:
             res = await workflow.execute_activity("send_notifications", n, result_type=NotifyResult,
                                                   start_to_close_timeout=timedelta(seconds=120),
                                                   retry_policy=RetryPolicy(maximum_attempts=5))
+            self._handled()
             if res.failed:
                 self._results.append(NotifyFailed(event=n.event, failed=res.failed))
         except ActivityError as exc:
+            self._handled()
             self._results.append(NotifyFailed(event=n.event, failed={"error": str(exc.cause or exc)}))
         finally:
             self._unsent.pop(key, None)
@@ -367,6 +436,8 @@ class StagedRollout:
         if self.s is None:
             raise ApplicationError("the rollout is starting; try again in a moment", type="Refused",
                                    non_retryable=True)
+        if self._busy():
+            raise ApplicationError(BUSY_REASON, type="Busy", non_retryable=True)
         ev = event_from_payload(kind, a.model_dump(mode="json", exclude_none=True), "update")
         reason = machine.refusal(self.s, ev, workflow.now())
         if reason is not None:
@@ -404,6 +475,7 @@ class StagedRollout:
                 data = workflow.payload_converter().from_payload(raw.payload)
             except Exception as exc:  # any undecodable payload is malformed, never dropped
                 data = f"<undecodable payload: {str(exc)[:200]}>"
+        self._handled()
         self._inbox.append((event_from_payload(kind, data, "signal"), None))
         self._poke()
 
