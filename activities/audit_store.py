@@ -41,6 +41,7 @@ import asyncio
 import base64
 import binascii
 import bisect
+import contextlib
 import hashlib
 import itertools
 import json
@@ -883,6 +884,10 @@ class AuditStore:
         self._writer = engine.execution_options(audit_write=True)
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        # SQLite has one writer: writers of this process take turns here, in order, instead of
+        # holding pooled connections while SQLite makes them wait (under load they timed out
+        # after 30 s and were retried, each holding an activity slot: bench/README.md)
+        self._sqlite_writes = asyncio.Lock() if self.dialect == "sqlite" else None
 
     # -- construction -----------------------------------------------------------------
 
@@ -948,6 +953,15 @@ class AuditStore:
 
     # -- writing ----------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite); PostgreSQL writers run side by side."""
+        if self._sqlite_writes is None:
+            yield
+            return
+        async with self._sqlite_writes:
+            yield
+
     async def append(self, events: Iterable[AuditEvent]) -> int:
         """Append events; rows already stored with identical content are skipped.
 
@@ -964,7 +978,8 @@ class AuditStore:
             evs.sort(key=lambda e: e.seq)
             for attempt in range(5):
                 try:
-                    written += await self._append_chain(rollout_id, evs)
+                    async with self._turn():
+                        written += await self._append_chain(rollout_id, evs)
                     break
                 except (IntegrityError, OperationalError):
                     # a concurrent writer won a race the lock did not cover (or SQLite was busy)
@@ -1163,7 +1178,7 @@ class AuditStore:
         t, h = audit_events, audit_heads
         for attempt in range(5):
             try:
-                async with self._writer.begin() as conn:
+                async with self._turn(), self._writer.begin() as conn:
                     if self.dialect == "postgresql":
                         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_advisory_key(rollout_id))))
                     row_hash = (
