@@ -24,11 +24,13 @@ test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy rollout workflows activities worker cli
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q $(PYTEST_ARGS) -m "not chaos"
+	$(BIN)/pytest -q -m chaos tests/test_chaos.py
 
-# many rollouts, workers SIGKILLed again and again (about 5 minutes; see docs/workflow.md, Known limit)
+# many rollouts, workers SIGKILLed again and again (2-4 minutes; docs/workflow.md, "Surviving
+# worker deaths"); `make test` runs it alone after the rest, so its load does not starve the others
 chaos: $(STAMP)
-	$(BIN)/pytest -q -s tests/test_chaos.py
+	$(BIN)/pytest -q -s -m chaos tests/test_chaos.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -50,7 +50,8 @@ from worker import client as rc
 from workflows.messages import RolloutInput
 from workflows.staged_rollout import StagedRollout
 
-pytestmark = [pytest.mark.e2e]  # part of `make test` (2-4 minutes); `make chaos` runs it alone, with its figures
+# part of `make test`, run alone after the rest (2-4 minutes); `make chaos` runs it with its figures
+pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 SEED = 20261202
 ROLLOUTS = 12

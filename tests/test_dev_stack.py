@@ -224,50 +224,38 @@ def test_ctrl_c_stops_rollout_dev_with_exit_130(tmp_path: Path) -> None:
     assert _server_pids(db) == []
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
-def test_receiver_exits_130_on_ctrl_c_and_0_on_sigterm(dev_env: Any, sig: int, code: int) -> None:
-    env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-           "ROLLOUT_RECEIVER_TOKEN": "t0ken"}
-    proc = subprocess.Popen([ROLLOUT, "receiver", "--port", str(free_port())], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _exit_code_on(sig: int, args: list[str], env: dict[str, str], ready: str) -> int:
+    """Run `rollout ARGS` until its stderr says `ready`, send `sig`, return its exit code."""
+    proc = subprocess.Popen([ROLLOUT, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     try:
         seen = ""
-        while "Alertmanager receiver on" not in seen:
+        while ready not in seen:
             line = proc.stderr.readline()
-            assert line, f"the receiver stopped before serving:\n{seen}"
+            assert line, f"rollout {args[0]} stopped before it was ready:\n{seen}"
             seen += line
-        time.sleep(0.5)  # serving
+        time.sleep(0.5)  # serving / polling
         proc.send_signal(sig)
-        assert proc.wait(timeout=30) == code
+        return proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_receiver_exits_130_on_ctrl_c_and_0_on_sigterm(dev_env: Any, sig: int, code: int) -> None:
+    env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+           "ROLLOUT_RECEIVER_TOKEN": "t0ken"}
+    assert _exit_code_on(sig, ["receiver", "--port", str(free_port())], env, "Alertmanager receiver on") == code
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
 def test_worker_exits_130_on_ctrl_c_and_0_on_sigterm(dev_env: Any, tmp_path: Path, sig: int, code: int) -> None:
     env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
            "ROLLOUT_TASK_QUEUE": f"exit-code-{sig}", "ROLLOUT_DB_URL": f"sqlite:///{tmp_path / 'audit.db'}"}
-    proc = subprocess.Popen([ROLLOUT, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr is not None
-    try:
-        seen = ""
-        while "worker polling task queue" not in seen:
-            line = proc.stderr.readline()
-            assert line, f"the worker stopped before polling:\n{seen}"
-            seen += line
-        time.sleep(0.5)  # polling
-        proc.send_signal(sig)
-        assert proc.wait(timeout=30) == code
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+    assert _exit_code_on(sig, ["worker"], env, "worker polling task queue") == code
 
 
 def test_unreachable_temporal_is_exit_3() -> None:
