@@ -50,7 +50,7 @@ async def test_full_rollout_audit_matches_history(
     # the threshold paths are tested against real Prometheus in real time elsewhere.
     plan = plans.plan_dict()
     async with build_worker(env.client, store, queue=queue):
-        h = await start(env.client, plan, queue, continue_as_new_after=80)
+        h = await start(env.client, plan, queue, continue_as_new_after=100)  # two runs
         await wait_for(h, lambda s: s["status"] == "awaiting_approval")
         await approve(h, "pilot", "engineering", OWNER)  # refused: the rollout owner
         await approve(h, "pilot", "engineering", ENG1)
