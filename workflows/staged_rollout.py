@@ -23,17 +23,18 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
   live, so an Update that followed such a task was replayed in another activation, at
   another time, than it ran (sdk-rust #1146: the chaos test's stuck rollouts).
   Superseded deliveries wait for their cancellation, so its end is seen too;
-- an Update is refused as `Busy` (send it again) when accepting it could put its
-  acceptance after commands that a replay issues after it. After a worker died, a
-  worker can run a workflow task that carries no start of its own (its workflow time
-  is the previous task's, its history longer): the server then times that attempt out,
-  but the commands it issued go out with the next task, beside that task's Update,
-  while a replay hands the event and the Update over in one activation, acceptance
-  first (`Update machine does not handle ...`, the chaos test's stuck rollouts). So:
-  an Update is refused when its validator runs in the same task as a loop step already
-  taken, and once after such a task without a start (`_suspect_at`). A refused Update
-  leaves no history; the client sends it again (worker/client.py) and it lands in a
-  later task.
+- after a worker died, a worker can run a workflow task attempt that has no start of
+  its own (its workflow time is the previous task's, its history longer). The server
+  times that attempt out, but the commands it issued go out with the next task, beside
+  that task's own events or Update, in an order no replay reproduces (`Update machine
+  does not handle ...`, `ModifyWorkflowPropertiesMachine does not handle ...`: the
+  chaos test's stuck rollouts). The loop fails such a task (`_note_step`) before it
+  issues anything, so the worker drops the workflow and the task is retried from
+  history;
+- an Update is refused as `Busy` (send it again) when its validator runs in the same
+  workflow task as a loop step already taken: acceptance would come after commands a
+  replay issues after it. A refused Update leaves no history; the client sends it again
+  (worker/client.py) and it lands in a later task.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ AUDIT_BATCH_BYTES = 256 * 1024
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 CAN_GRACE = timedelta(seconds=10)
 BUSY_REASON = "the rollout is being moved to another worker; send the action again"
+TASK_WITHOUT_START = "workflow task without a start of its own (after a worker died): retried from history"
 ACTIONS = ("approve", "reject", "hold", "resume", "rollback", "acknowledge", "amend", "abort")
 
 
@@ -117,8 +119,6 @@ class StagedRollout:
         self._can_grace_over = False
         self._stepped_at: Any = None  # workflow time and history length of the last loop step
         self._stepped_len = 0
-        self._suspect_at: Any = None  # a live step in a task without a start of its own (see the module doc)
-        self._suspect_refused_at: Any = None
         if self.s is None:  # a fresh start: decided now, so messages can be judged at once
             info = workflow.info()
             self.s, cmds = machine.start(inp.plan, workflow_id=info.workflow_id,
@@ -194,26 +194,16 @@ class StagedRollout:
     def _note_step(self) -> None:
         """Activations of one workflow task share its time; a new task brings a new time. A
         live step at the previous step's time with a longer history runs in a task without a
-        start of its own: remember it, so the next Update is refused once (`_check`)."""
+        start of its own (see the module doc): fail that task before it issues anything."""
         now, length = workflow.now(), workflow.info().get_current_history_length()
         if not workflow.unsafe.is_replaying() and now == self._stepped_at and length > self._stepped_len:
-            self._suspect_at, self._suspect_refused_at = now, None
+            raise RuntimeError(TASK_WITHOUT_START)  # a workflow task failure: retried from history
         self._stepped_at, self._stepped_len = now, length
 
     def _busy(self) -> bool:
-        """Whether an Update arriving now must be sent again (validators only; see the module doc)."""
-        now = workflow.now()
-        if now == self._stepped_at:
-            return True  # a step already ran in this task: acceptance would come after its commands
-        if self._suspect_at is None:
-            return False
-        if self._suspect_refused_at is None:
-            self._suspect_refused_at = now  # refused once: the task that carries this refusal
-            return True  # takes the suspect commands to history on their own
-        if now > self._suspect_refused_at:
-            self._suspect_at = self._suspect_refused_at = None
-            return False
-        return True
+        """Whether an Update arriving now must be sent again (validators only): a step already
+        ran in this task, so its acceptance would come after that step's commands."""
+        return bool(workflow.now() == self._stepped_at)
 
     def _take(self) -> None:
         """Finished activities first, then messages, each in arrival order."""
