@@ -23,12 +23,11 @@ import pytest
 import yaml
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.audit_store import AuditStore
 from rollout.plan import validate_plan_data
 from tests.promstack import Alertmanager, Exporter, Prometheus, free_port, running_exporter
-from worker.main import build_worker
+from worker.main import RolloutWorker, build_worker
 from worker.receiver import serve
 from workflows.messages import RolloutInput
 from workflows.staged_rollout import StagedRollout
@@ -152,7 +151,7 @@ def queue() -> str:
 
 
 @pytest.fixture(scope="module")
-async def worker(dev_env: WorkflowEnvironment, store: AuditStore, queue: str) -> AsyncIterator[Worker]:
+async def worker(dev_env: WorkflowEnvironment, store: AuditStore, queue: str) -> AsyncIterator[RolloutWorker]:
     w = build_worker(dev_env.client, store, queue=queue)
     async with w:
         yield w
@@ -206,7 +205,7 @@ async def start_soaking(client: Client, queue: str, plan: dict[str, Any]) -> Wor
 
 
 async def test_alert_holds_rollout(
-    dev_env: WorkflowEnvironment, prom: Prometheus, alertmanager: Alertmanager, receiver: str, worker: Worker, queue: str, exporter: Exporter
+    dev_env: WorkflowEnvironment, prom: Prometheus, alertmanager: Alertmanager, receiver: str, worker: RolloutWorker, queue: str, exporter: Exporter
 ) -> None:
     plan = plan_for(
         ALERT_PLAN,
@@ -256,7 +255,7 @@ async def test_alert_holds_rollout(
 
 
 async def test_alert_for_another_stage_is_recorded_not_acted_on(
-    dev_env: WorkflowEnvironment, prom: Prometheus, alertmanager: Alertmanager, receiver: str, worker: Worker,
+    dev_env: WorkflowEnvironment, prom: Prometheus, alertmanager: Alertmanager, receiver: str, worker: RolloutWorker,
     queue: str, exporter: Exporter
 ) -> None:
     """An alert labelled `stage: limited-25` while the pilot is exposed (as `rollout plan
@@ -287,7 +286,7 @@ async def test_alert_for_another_stage_is_recorded_not_acted_on(
 
 
 async def test_threshold_holds_rollout(
-    dev_env: WorkflowEnvironment, prom: Prometheus, worker: Worker, queue: str, exporter: Exporter
+    dev_env: WorkflowEnvironment, prom: Prometheus, worker: RolloutWorker, queue: str, exporter: Exporter
 ) -> None:
     case = f"threshold-{SUFFIX}"
     exporter.set(case, 0.01)

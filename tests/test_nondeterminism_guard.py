@@ -39,15 +39,14 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer, Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker import Replayer
 
 from activities.audit_store import AuditStore
 from rollout.plan import validate_plan_data
 from tests import history_shape, plans
 from tests.http_recorder import Recorder, serving
 from tests.plans import ENG1, IR, OWNER
-from worker.main import activities_for
+from worker.main import RolloutWorker, WorkerSettings, build_worker
 from workflows.messages import RolloutInput
 from workflows.staged_rollout import StagedRollout
 
@@ -55,18 +54,9 @@ SHARED = Path(__file__).parent / "histories" / "shared" / "worker-kill-update-no
 MACHINE = Path(__file__).parent / "histories" / "machine"
 
 
-def rollout_worker(client: Client, store: AuditStore, queue: str, *, cache: bool) -> Worker:
-    """The production worker's workflow and activities; `cache=False` replays every task from scratch."""
-    return Worker(
-        client,
-        task_queue=queue,
-        workflows=[StagedRollout],
-        activities=activities_for(store),
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules("cryptography")
-        ),
-        max_cached_workflows=1000 if cache else 0,
-    )
+def rollout_worker(client: Client, store: AuditStore, queue: str, *, cache: bool) -> RolloutWorker:
+    """The production worker; `cache=False` replays every task from scratch."""
+    return build_worker(client, store, queue=queue, settings=WorkerSettings(max_cached_workflows=1000 if cache else 0))
 
 
 def plan_with_webhooks(rec: Recorder, name: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Replay committed histories of the state-machine StagedRollout (tests/histories/machine/).
 
-Each history carries the `state-machine-v2` and `no-empty-tasks` patch markers, so it
-replays through the new shell (tests/test_replay.py replays the legacy histories,
-recorded before it). tests/histories/machine-v2/ holds the same scenarios recorded
-before `no-empty-tasks` (no memo per outside event): rollouts started then must still
-finish on today's code, so they replay too.
+Each history carries the `state-machine-v2`, `no-empty-tasks` and `own-queues` patch
+markers, so it replays through the new shell (tests/test_replay.py replays the legacy
+histories, recorded before it). Rollouts started on earlier code must still finish on
+today's, so the same scenarios recorded then replay too: tests/histories/machine-v3/
+before `own-queues` (deliveries and monitors on the rollout's own task queue), and
+tests/histories/machine-v2/ before `no-empty-tasks` (no memo per outside event).
 Together they include a whole rollout, continue-as-new, an amendment applied, a
 rollback and its resume, and Updates that arrived after empty workflow tasks with the
 cache lost (tests/test_nondeterminism_guard.py).
@@ -35,11 +36,14 @@ from tests import history_shape, plans
 from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
 from tests.wfkit import STARTED, bounded_shutdown, hours, signal, start, status, wait_for
 from worker.main import build_worker
-from workflows.staged_rollout import PATCH, PATCH_HANDLED, StagedRollout
+from workflows import queues
+from workflows.staged_rollout import PATCH, PATCH_HANDLED, PATCH_QUEUES, StagedRollout
 
 MACHINE = Path(__file__).parent / "histories" / "machine"
 HISTORIES = sorted(MACHINE.glob("*.json"))
+BEFORE_OWN_QUEUES = sorted((Path(__file__).parent / "histories" / "machine-v3").glob("*.json"))
 BEFORE_NO_EMPTY_TASKS = sorted((Path(__file__).parent / "histories" / "machine-v2").glob("*.json"))
+EARLIER = BEFORE_OWN_QUEUES + BEFORE_NO_EMPTY_TASKS
 
 
 def load(path: Path) -> WorkflowHistory:
@@ -70,8 +74,41 @@ def test_machine_histories_cover_a_whole_rollout_continue_as_new_amendment_rollb
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 def test_machine_history_carries_the_patch_markers_and_no_empty_task(path: Path) -> None:
     events = load(path).events
-    assert history_shape.patch_ids(events) == [PATCH, PATCH_HANDLED]
+    assert history_shape.patch_ids(events) == [PATCH, PATCH_HANDLED, PATCH_QUEUES]
     assert history_shape.silent_tasks(events) == []
+
+
+def activity_queues(path: Path) -> dict[str, set[str]]:
+    """Activity type -> the task queues it was scheduled on, and the workflow's own queue as ''."""
+    events = load(path).events
+    own = next(e.workflow_execution_started_event_attributes.task_queue.name for e in events
+               if e.HasField("workflow_execution_started_event_attributes"))
+    out: dict[str, set[str]] = {}
+    for e in events:
+        if e.HasField("activity_task_scheduled_event_attributes"):
+            a = e.activity_task_scheduled_event_attributes
+            out.setdefault(a.activity_type.name, set()).add("" if a.task_queue.name == own else a.task_queue.name)
+            out.setdefault("", set()).add(own)
+    return out
+
+
+def test_deliveries_run_on_their_own_queue_since_own_queues_and_on_the_rollouts_queue_before() -> None:
+    for path in HISTORIES:
+        q = activity_queues(path)
+        own = next(iter(q[""]))
+        if "apply_exposure" in q:
+            assert q["apply_exposure"] == {queues.deliveries(own)}, path.stem
+        for kind in ("record_audit", "send_notifications", "audit_last_seq"):
+            assert q.get(kind, {""}) == {""}, (path.stem, kind)
+    assert any("apply_exposure" in activity_queues(p) for p in HISTORIES)
+    for path in EARLIER:
+        q = activity_queues(path)
+        assert all(names == {""} for kind, names in q.items() if kind), path.stem
+
+
+@pytest.mark.parametrize("path", BEFORE_OWN_QUEUES, ids=[p.stem for p in BEFORE_OWN_QUEUES])
+def test_history_before_own_queues_carries_the_two_earlier_markers(path: Path) -> None:
+    assert history_shape.patch_ids(load(path).events) == [PATCH, PATCH_HANDLED]
 
 
 @pytest.mark.parametrize("path", BEFORE_NO_EMPTY_TASKS, ids=[p.stem for p in BEFORE_NO_EMPTY_TASKS])
@@ -79,8 +116,7 @@ def test_history_before_no_empty_tasks_carries_only_the_state_machine_marker(pat
     assert history_shape.patch_ids(load(path).events) == [PATCH]
 
 
-@pytest.mark.parametrize("path", HISTORIES + BEFORE_NO_EMPTY_TASKS,
-                         ids=[f"{p.parent.name}/{p.stem}" for p in HISTORIES + BEFORE_NO_EMPTY_TASKS])
+@pytest.mark.parametrize("path", HISTORIES + EARLIER, ids=[f"{p.parent.name}/{p.stem}" for p in HISTORIES + EARLIER])
 async def test_machine_history_replays(path: Path) -> None:
     assert history_shape.failures(load(path).events) == []
     replayer = Replayer(workflows=[StagedRollout], data_converter=pydantic_data_converter)

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.audit_store import AuditStore
 from tests import plans
@@ -27,7 +26,7 @@ from tests.wfkit import (
     status,
     wait_for,
 )
-from worker.main import build_worker
+from worker.main import RolloutWorker, build_worker
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ async def worker(
     ts_env: WorkflowEnvironment, store: AuditStore, request: pytest.FixtureRequest
 ) -> AsyncIterator[str]:
     queue = f"q-{uuid.uuid4().hex[:8]}"
-    w: Worker = build_worker(
+    w: RolloutWorker = build_worker(
         ts_env.client, store, queue=queue, replace_activities={"monitor_thresholds": clean_monitor}
     )
     STARTED.clear()

@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from rollout.models import MonitorRequest, MonitorResult
 from rollout.plan import validate_plan_data
+from worker.main import RolloutWorker
 from workflows.messages import RolloutInput
 from workflows.staged_rollout import StagedRollout
 
@@ -98,7 +99,7 @@ def hours(n: float) -> timedelta:
     return timedelta(hours=n)
 
 
-async def bounded_shutdown(worker: Worker, run: asyncio.Task[None], within: float = 30.0) -> None:
+async def bounded_shutdown(worker: Worker | RolloutWorker, run: asyncio.Task[None], within: float = 30.0) -> None:
     """Stop a worker started with `worker.run()`; never let a stuck shutdown hang the suite.
 
     Seen rarely with the time-skipping test server: a poll that the server never answers

@@ -1,4 +1,5 @@
-"""The worker process: the StagedRollout workflow and every activity, on task queue `rollouts`."""
+"""The worker process: the StagedRollout workflow and every activity, on task queue `rollouts`
+(deliveries and monitors on `rollouts-deliveries` and `rollouts-monitors`, workflows/queues.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from temporalio.client import Client
@@ -21,8 +23,10 @@ from activities.monitor import monitor_thresholds
 from activities.notify import send_notifications
 from activities.targets import apply_exposure
 from activities.watch import watch_thresholds
+from rollout.errors import UsageError
 from worker.connect import connect, task_queue
 from worker.metrics import ActivityTelemetry, CollectorSettings, WorkerTelemetry
+from workflows import queues
 from workflows.staged_rollout import StagedRollout
 
 log = logging.getLogger("rollout.worker")
@@ -34,6 +38,94 @@ def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
             audit.audit_last_seq]
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The worker options that matter under load (README, "Running many workers")."""
+
+    activity_slots: int = 200  # audit batches, notifications, and everything of runs before `own-queues`
+    delivery_slots: int = 100  # target deliveries (`<queue>-deliveries`)
+    monitor_slots: int = 2000  # threshold monitors (`<queue>-monitors`), one per monitored soaking rollout
+    max_cached_workflows: int = 1000  # open rollouts kept in memory (the SDK's default)
+
+    @classmethod
+    def from_env(cls, given: dict[str, int | None] | None = None) -> WorkerSettings:
+        """Each setting from `given` (the `rollout worker` flags) when there, else from
+        ROLLOUT_ACTIVITY_SLOTS, ROLLOUT_DELIVERY_SLOTS, ROLLOUT_MONITOR_SLOTS or
+        ROLLOUT_MAX_CACHED_WORKFLOWS when set, else the default; each a whole number from 1
+        (from 0 for the cache) to 100,000."""
+        base = cls()
+        values: dict[str, int] = {}
+        for name in ("activity_slots", "delivery_slots", "monitor_slots", "max_cached_workflows"):
+            env = "ROLLOUT_" + name.upper()
+            lowest = 0 if name == "max_cached_workflows" else 1
+            flag = (given or {}).get(name)
+            raw = os.environ.get(env, "").strip()
+            where = f"--{name.replace('_', '-')} {flag}" if flag is not None else f"{env}={raw!r}"
+            if flag is not None:
+                n = flag
+            elif raw:
+                try:
+                    n = int(raw)
+                except ValueError:
+                    raise UsageError(f"{where} is not a whole number: set it to one (at least {lowest}) "
+                                     "or unset it") from None
+            else:
+                n = getattr(base, name)
+            if not lowest <= n <= 100_000:
+                raise UsageError(f"{where} is out of range: give a number between {lowest} and 100000")
+            values[name] = n
+        return cls(**values)
+
+
+class RolloutWorker:
+    """The Temporal workers of one process, run and stopped together: workflow tasks with
+    audit batches and notifications on the rollouts' queue, target deliveries and threshold
+    monitors on queues of their own (workflows/queues.py). If one stops, all stop."""
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        self.workers = list(workers)
+        self._running: asyncio.Task[None] | None = None
+
+    @property
+    def is_running(self) -> bool:
+        return all(w.is_running for w in self.workers)
+
+    async def run(self) -> None:
+        runs = [asyncio.create_task(w.run()) for w in self.workers]
+        try:
+            await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in self.workers:
+                if w.is_running:
+                    with contextlib.suppress(Exception):
+                        await w.shutdown()
+            results = await asyncio.gather(*runs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(w.shutdown() for w in self.workers if w.is_running))
+        if self._running is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._running
+
+    async def __aenter__(self) -> RolloutWorker:
+        self._running = asyncio.create_task(self.run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+
+def _name_of(fn: Callable[..., Any]) -> str | None:
+    from temporalio import activity as _activity
+
+    defn = _activity._Definition.from_callable(fn)
+    return defn.name if defn else None
+
+
 def build_worker(
     client: Client,
     store: AuditStore,
@@ -41,35 +133,42 @@ def build_worker(
     queue: str | None = None,
     extra_activities: Sequence[Callable[..., Any]] = (),
     replace_activities: dict[str, Callable[..., Any]] | None = None,
-) -> Worker:
-    """A worker for the rollout workflow and its activities (all async)."""
+    settings: WorkerSettings | None = None,
+) -> RolloutWorker:
+    """The rollout workflow and its activities (all async), on `queue` and its deliveries
+    and monitors queues."""
+    settings = settings or WorkerSettings()
+    queue = queue or task_queue()
     acts = list(activities_for(store)) + list(extra_activities)
     if replace_activities:
-        from temporalio import activity as _activity
-
-        def name_of(fn: Callable[..., Any]) -> str | None:
-            defn = _activity._Definition.from_callable(fn)
-            return defn.name if defn else None
-
-        acts = [a for a in acts if name_of(a) not in replace_activities] + list(replace_activities.values())
-    return Worker(
+        acts = [a for a in acts if _name_of(a) not in replace_activities] + list(replace_activities.values())
+    by_name = {_name_of(a): a for a in acts}
+    interceptors = [ActivityTelemetry()]
+    main = Worker(
         client,
-        task_queue=queue or task_queue(),
+        task_queue=queue,
         workflows=[StagedRollout],
-        activities=acts,
+        activities=acts,  # all of them: runs started before `own-queues` schedule every one here
         # cryptography's compiled core must not be re-imported inside the sandbox
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules("cryptography")
         ),
-        max_concurrent_activities=200,
-        interceptors=[ActivityTelemetry()],
+        max_concurrent_activities=settings.activity_slots,
+        max_cached_workflows=settings.max_cached_workflows,
+        interceptors=interceptors,
     )
+    deliveries = Worker(client, task_queue=queues.deliveries(queue), activities=[by_name["apply_exposure"]],
+                        max_concurrent_activities=settings.delivery_slots, interceptors=interceptors)
+    monitors = Worker(client, task_queue=queues.monitors(queue), activities=[by_name["watch_thresholds"]],
+                      max_concurrent_activities=settings.monitor_slots, interceptors=interceptors)
+    return RolloutWorker([main, deliveries, monitors])
 
 
 async def run_worker(
     stop: asyncio.Event | None = None,
     metrics_address: str | None = None,
     collector: CollectorSettings | None = None,
+    settings: WorkerSettings | None = None,
 ) -> int | None:
     """`rollout worker`: connect, migrate the audit store, run until SIGINT/SIGTERM.
 
@@ -77,6 +176,7 @@ async def run_worker(
 
     With `metrics_address`, serve `/metrics` (Temporal SDK, activity and controller
     metrics), `/healthz` and `/readyz` there (worker/metrics.py)."""
+    settings = settings or WorkerSettings.from_env()
     identity = f"rollout-worker@{socket.gethostname()}:{os.getpid()}"
     telemetry = WorkerTelemetry(task_queue(), identity, collector) if metrics_address else None
     client = await connect(identity=identity, runtime=telemetry.runtime if telemetry else None)
@@ -92,8 +192,10 @@ async def run_worker(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    worker = build_worker(client, store)
-    log.info("worker polling task queue %s%s", task_queue(),
+    worker = build_worker(client, store, settings=settings)
+    log.info("worker polling task queues %s, %s and %s (activity slots %d, delivery slots %d, monitor slots %d, "
+             "cached workflows %d)%s", task_queue(), queues.deliveries(task_queue()), queues.monitors(task_queue()),
+             settings.activity_slots, settings.delivery_slots, settings.monitor_slots, settings.max_cached_workflows,
              f"; metrics on http://{metrics_address}/metrics" if metrics_address else "")
     try:
         async with worker, (

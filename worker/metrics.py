@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -58,7 +58,6 @@ from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
     Interceptor,
-    Worker,
 )
 
 from activities import telemetry
@@ -66,6 +65,14 @@ from activities import telemetry
 log = logging.getLogger("rollout.metrics")
 
 WORKFLOW_TYPE = "StagedRollout"
+
+
+class Running(Protocol):
+    """What readiness asks of the worker (worker.main.RolloutWorker)."""
+
+    @property
+    def is_running(self) -> bool: ...
+
 RPC_TIMEOUT = timedelta(seconds=5)
 SDK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
 
@@ -209,7 +216,7 @@ class WorkerTelemetry:
         )
         for what in ("list", "query", "pollers"):
             self.errors.labels(what)
-        self.worker: Worker | None = None
+        self.worker: Running | None = None
         self.client: Client | None = None
         self.polling = False  # our identity seen among the task queue's pollers
 
@@ -336,7 +343,7 @@ class WorkerTelemetry:
         ])
 
     @contextlib.asynccontextmanager
-    async def serving(self, address: str, client: Client, worker: Worker) -> AsyncIterator[None]:
+    async def serving(self, address: str, client: Client, worker: Running) -> AsyncIterator[None]:
         """Serve on `address` (HOST:PORT) and run the collector while the block runs.
         The socket is bound here, so a port in use raises OSError at once."""
         import uvicorn

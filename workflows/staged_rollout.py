@@ -67,12 +67,13 @@ with workflow.unsafe.imports_passed_through():
         event_from_payload,
     )
     from rollout.models import AuditBatch, AuditEvent, AuditHead, Notification, NotifyResult, TargetResult
-    from workflows import search_attrs
+    from workflows import queues, search_attrs
     from workflows.legacy.v1 import LegacyStagedRollout
     from workflows.messages import ActionInput, BreachReport, RolloutInput
 
 PATCH = "state-machine-v2"
 PATCH_HANDLED = "no-empty-tasks"  # runs started before it keep their old command sequence
+PATCH_QUEUES = "own-queues"  # deliveries and monitors on queues of their own (workflows/queues.py)
 MAX_SIGNAL_BYTES = 64 * 1024
 AUDIT_BATCH_ROWS = 200
 AUDIT_BATCH_BYTES = 256 * 1024
@@ -97,6 +98,10 @@ class StagedRollout:
             return
         self._based = inp.machine is not None
         self._mark = workflow.patched(PATCH_HANDLED)  # decided once per run, at its first task
+        own = workflow.patched(PATCH_QUEUES)
+        tq = workflow.info().task_queue
+        self._deliveries_queue = queues.deliveries(tq) if own else None  # None: the workflow's own queue
+        self._monitors_queue = queues.monitors(tq) if own else None
         self._handled_count = 0
         self.s: State | None = inp.machine.model_copy(update={"runs": inp.machine.runs + 1}) if inp.machine else None
         self._inbox: list[tuple[Event, dict[str, Any] | None]] = []  # messages, with an update's reply slot
@@ -293,6 +298,7 @@ class StagedRollout:
                   else workflow.ActivityCancellationType.TRY_CANCEL)
         try:
             res = await workflow.execute_activity("apply_exposure", change, result_type=TargetResult,
+                                                  task_queue=self._deliveries_queue,
                                                   start_to_close_timeout=timedelta(seconds=60), retry_policy=RETRY,
                                                   cancellation_type=cancel)
             self._handled()
@@ -321,7 +327,8 @@ class StagedRollout:
         if s.watch is not None and s.status not in machine.FINAL:
             spec = s.watch
             handle = workflow.start_activity(
-                "watch_thresholds", spec, result_type=Evaluations, start_to_close_timeout=timedelta(days=400),
+                "watch_thresholds", spec, result_type=Evaluations, task_queue=self._monitors_queue,
+                start_to_close_timeout=timedelta(days=400),
                 heartbeat_timeout=timedelta(seconds=60), retry_policy=RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )

@@ -36,6 +36,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         default=os.environ.get("ROLLOUT_METRICS_ADDRESS"),
         help="serve Prometheus metrics at HOST:PORT/metrics (default $ROLLOUT_METRICS_ADDRESS; off when unset)",
     )
+    for flag, env, what in (
+        ("--activity-slots", "ROLLOUT_ACTIVITY_SLOTS", "audit batches and notifications run at once (default 200)"),
+        ("--delivery-slots", "ROLLOUT_DELIVERY_SLOTS", "target deliveries run at once, on <queue>-deliveries (default 100)"),
+        ("--monitor-slots", "ROLLOUT_MONITOR_SLOTS", "threshold monitors run at once, on <queue>-monitors (default 2000)"),
+        ("--max-cached-workflows", "ROLLOUT_MAX_CACHED_WORKFLOWS", "open rollouts kept in memory (default 1000)"),
+    ):
+        p.add_argument(flag, type=int, metavar="N", help=f"{what}; default ${env} when set")
     p.set_defaults(handler=cmd_worker)
 
 
@@ -47,13 +54,15 @@ async def cmd_dev(args: argparse.Namespace) -> int:
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.main import run_worker
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import signal
 
     from cli.main import EXIT_INTERRUPTED
+    from worker.main import WorkerSettings, run_worker
 
-    stopped_by = await run_worker(metrics_address=args.metrics_address)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    settings = WorkerSettings.from_env({name: getattr(args, name) for name in (
+        "activity_slots", "delivery_slots", "monitor_slots", "max_cached_workflows")})
+    stopped_by = await run_worker(metrics_address=args.metrics_address, settings=settings)
     # Ctrl-C is an interruption (130, like every command); SIGTERM a requested stop (0)
     return EXIT_INTERRUPTED if stopped_by == signal.SIGINT else 0
