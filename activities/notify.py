@@ -40,7 +40,7 @@ from activities.notifiers.common import (
     ack_commands,
     post_with_retries,
 )
-from activities.outbound import build_headers, dumps, redact_url
+from activities.outbound import build_headers, dumps, redact_url, tls
 from rollout.models import Notification, NotifyResult
 from rollout.plan import (
     EmailNotifier,
@@ -190,7 +190,8 @@ async def notify_all(
     result = NotifyResult()
     if not n.notifiers:
         return result
-    async with httpx.AsyncClient(timeout=Settings.request_timeout, follow_redirects=False, mounts=mounts) as client:
+    async with httpx.AsyncClient(timeout=Settings.request_timeout, follow_redirects=False, mounts=mounts,
+                                 verify=tls()) as client:
         errors = await asyncio.gather(*(deliver(client, notifier, n) for notifier in n.notifiers))
     for name, error in zip(_labels(n.notifiers), errors, strict=True):
         if error is None:

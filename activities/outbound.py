@@ -8,9 +8,13 @@ one contract (docs/targets.md): a compact JSON body, `Content-Type: application/
 
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from activities.signing import EVENT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign
 
@@ -24,6 +28,15 @@ Verdict = Literal["applied", "retry", "reject"]
 def dumps(doc: Any) -> bytes:
     """Compact, key-sorted JSON: the same document always gives the same bytes."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """The process's one TLS context for outbound HTTP (CA bundle as httpx loads it, honouring
+    SSL_CERT_FILE / SSL_CERT_DIR). Building one loads the CA bundle, about 28 ms of CPU: done
+    per request it was the largest cost of a breach under load (a delivery and three
+    notifications each built one; bench/README.md, storm)."""
+    return httpx.create_ssl_context()
 
 
 def build_headers(body: bytes, *, secret: str | None, idempotency_key: str, event: str) -> dict[str, str]:

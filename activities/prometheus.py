@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from activities.outbound import tls
+
 
 @dataclass(frozen=True)
 class QueryResult:
@@ -66,7 +68,7 @@ class PrometheusClient:
     def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False, verify=tls())
 
     async def __aenter__(self) -> PrometheusClient:
         return self

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from activities.outbound import tls
 from rollout import thresholds as th
 from rollout.errors import ConnectionFailed, UsageError
 from rollout.plan import Threshold
@@ -119,7 +120,7 @@ class RangeFetcher:
         self.requests = 0  # query_range requests made (a test reads it to see the chunking)
         self._sem = asyncio.Semaphore(max(1, concurrency))
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport
+            timeout=httpx.Timeout(timeout), follow_redirects=False, transport=transport, verify=tls()
         )
 
     async def __aenter__(self) -> RangeFetcher:

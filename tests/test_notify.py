@@ -248,3 +248,41 @@ async def test_failed_notification_completes_the_activity(dev_env: WorkflowEnvir
     history = await handle.fetch_history()
     raw = b"".join(event.SerializeToString() for event in history.events)
     assert SECRET.encode() not in raw
+
+
+async def test_deliveries_and_notifications_build_no_tls_context_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the CA bundle costs ~28 ms of CPU: under a breach storm, one per request was the
+    largest cost of a breach (bench/README.md). The process builds one and every client reuses it."""
+    import ssl
+
+    from activities import outbound
+    from activities.targets.webhook import WebhookTarget
+    from rollout.models import TargetChange
+    from rollout.plan import WebhookTarget as WebhookTargetConfig
+
+    built: list[int] = []
+    real = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    outbound.tls.cache_clear()
+    inbox = Inbox()
+    exposure = Inbox()
+    async with running(inbox.app()) as base, running(
+        Starlette(routes=[Route("/exposure", exposure.handle, methods=["POST"])])
+    ) as target_base:
+        target = WebhookTarget(WebhookTargetConfig(kind="webhook", url=f"{target_base}/exposure"))
+        for i in range(5):
+            result = await notify_all(notification([WebhookNotifier(kind="webhook", url=f"{base}/notify")], seq=i))
+            assert result.delivered == [f"{base}/notify"]
+            change = TargetChange(rollout_id="r", plan_name="p", seq=i, idempotency_key=f"r:{i}", kind="hold",
+                                  stage="pilot", percent=5, plan_hash="ab" * 32, reason="bench",
+                                  decided_at=datetime(2030, 1, 2, tzinfo=UTC),
+                                  target={"kind": "webhook", "url": f"{target_base}/exposure"})
+            assert (await target.apply(change)).applied
+    assert len(inbox.received) == 5 and len(exposure.received) == 5
+    assert len(built) == 1  # the first client built the process's context; nine more reused it
+    outbound.tls.cache_clear()

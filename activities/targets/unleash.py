@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import httpx
 
-from activities.outbound import USER_AGENT, classify, redact_url, snippet
+from activities.outbound import USER_AGENT, classify, redact_url, snippet, tls
 from activities.targets.base import (
     Target,
     TargetUnavailable,
@@ -128,7 +128,7 @@ class UnleashTarget(Target):
         strategies_path = f"{feature_path}/environments/{env}/strategies"
         headers = {"Authorization": token, "User-Agent": USER_AGENT, "Accept": "application/json"}
         async with httpx.AsyncClient(
-            timeout=TIMEOUT_SECONDS, headers=headers, follow_redirects=False, transport=self.transport
+            timeout=TIMEOUT_SECONDS, headers=headers, follow_redirects=False, transport=self.transport, verify=tls()
         ) as client:
             api = _Api(client, cfg.url)
             created = await self._ensure_feature(api, project, feature, feature_path, change)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Self
 
 import httpx
 
-from activities.outbound import build_headers, classify, dumps, redact_url, snippet
+from activities.outbound import build_headers, classify, dumps, redact_url, snippet, tls
 from activities.targets.base import (
     Target,
     TargetUnavailable,
@@ -46,7 +46,7 @@ class WebhookTarget(Target):
         where = redact_url(cfg.url)
         try:
             async with httpx.AsyncClient(
-                timeout=timeout, follow_redirects=False, transport=self.transport
+                timeout=timeout, follow_redirects=False, transport=self.transport, verify=tls()
             ) as client:
                 response = await client.post(cfg.url, content=body, headers=headers)
         except httpx.TimeoutException:
