@@ -41,7 +41,7 @@ from activities.notifiers.common import (
     post_with_retries,
 )
 from activities.outbound import build_headers, dumps, redact_url, tls
-from rollout.models import Notification, NotifyResult
+from rollout.models import Notification, NotificationBatch, NotifyBatchResult, NotifyResult
 from rollout.plan import (
     EmailNotifier,
     Notifier,
@@ -207,3 +207,11 @@ async def notify_all(
 async def send_notifications(n: Notification) -> NotifyResult:
     """Send `n` to every notifier; report deliveries and failures, never raise for them."""
     return await notify_all(n)
+
+
+@activity.defn(name="send_notification_batch")
+async def send_notification_batch(batch: NotificationBatch) -> NotifyBatchResult:
+    """Send each notification of the batch to its notifiers, all at once; report each one's
+    deliveries and failures, in order, never raise for them."""
+    results = await asyncio.gather(*(notify_all(n) for n in batch.notifications))
+    return NotifyBatchResult(results=list(results))

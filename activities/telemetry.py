@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from rollout.models import AuditBatch, Notification, NotifyResult, TargetChange, TargetResult
+from rollout.models import AuditBatch, Notification, NotificationBatch, NotifyResult, TargetChange, TargetResult
 
 log = logging.getLogger("rollout.telemetry")
 
@@ -158,5 +158,8 @@ def observe_activity(activity_type: str, args: tuple[Any, ...] | list[Any], resu
                 AUDIT_FAILURES.labels(str(getattr(error, "type", None) or type(error).__name__)).inc()
         elif activity_type == "send_notifications" and isinstance(arg, Notification) and error is None:
             _notified(arg, result)
+        elif activity_type == "send_notification_batch" and isinstance(arg, NotificationBatch) and error is None:
+            for n, r in zip(arg.notifications, result.results, strict=False):
+                _notified(n, r)
     except Exception:  # telemetry never breaks an activity
         log.exception("telemetry failed for activity %s", activity_type)

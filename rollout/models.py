@@ -86,6 +86,17 @@ class NotifyResult(BaseModel):
     failed: dict[str, str] = Field(default_factory=dict)  # url -> error
 
 
+class NotificationBatch(BaseModel):
+    """The notifications one decision made (a breach: breach, hold and the page), sent by one
+    activity rather than one each: fewer activities and workflow tasks per breach."""
+
+    notifications: list[Notification]
+
+
+class NotifyBatchResult(BaseModel):
+    results: list[NotifyResult]  # in the batch's order
+
+
 # ---- metric monitor -------------------------------------------------------------------
 
 

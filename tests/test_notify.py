@@ -286,3 +286,25 @@ async def test_deliveries_and_notifications_build_no_tls_context_per_request(mon
     assert len(inbox.received) == 5 and len(exposure.received) == 5
     assert len(built) == 1  # the first client built the process's context; nine more reused it
     outbound.tls.cache_clear()
+
+
+async def test_a_batch_sends_every_notification_and_reports_each_in_order() -> None:
+    """The notifications of one decision (a breach: breach, hold, page) go out in one activity;
+    a receiver's failure is that notification's alone."""
+    from activities.notify import send_notification_batch
+    from rollout.models import NotificationBatch
+
+    good, bad = Inbox(), Inbox(script=[500] * 10)
+    async with running(good.app()) as ok_base, running(bad.app()) as bad_base:
+        ok = WebhookNotifier(kind="webhook", url=f"{ok_base}/notify", secret_env=SECRET_ENV)
+        failing = WebhookNotifier(kind="webhook", url=f"{bad_base}/notify", secret_env=SECRET_ENV)
+        batch = NotificationBatch(notifications=[
+            notification([ok], event="breach", seq=7),
+            notification([ok], event="hold", seq=8),
+            page([ok, failing], seq=9),
+        ])
+        res = await ActivityEnvironment().run(send_notification_batch, batch)
+    assert [r.delivered for r in res.results] == [[ok.url], [ok.url], [ok.url]]
+    assert [list(r.failed) for r in res.results] == [[], [], [failing.url]]
+    assert sorted(h[IDEMPOTENCY_HEADER.lower()] for h, _ in good.received) == [
+        "rollout-support-agent:7:breach", "rollout-support-agent:8:hold", "rollout-support-agent:9:escalation_page"]

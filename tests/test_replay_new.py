@@ -1,10 +1,11 @@
 """Replay committed histories of the state-machine StagedRollout (tests/histories/machine/).
 
-Each history carries the `state-machine-v2`, `no-empty-tasks` and `own-queues` patch
-markers, so it replays through the new shell (tests/test_replay.py replays the legacy
+Each history carries the `state-machine-v2`, `no-empty-tasks`, `own-queues` and
+`notify-batches` patch markers, so it replays through the new shell (tests/test_replay.py replays the legacy
 histories, recorded before it). Rollouts started on earlier code must still finish on
 today's, so the same scenarios recorded then replay too: tests/histories/machine-v3/
-before `own-queues` (deliveries and monitors on the rollout's own task queue), and
+before `own-queues` and `notify-batches` (deliveries and monitors on the rollout's own
+task queue, one activity per notification), and
 tests/histories/machine-v2/ before `no-empty-tasks` (no memo per outside event).
 Together they include a whole rollout, continue-as-new, an amendment applied, a
 rollback and its resume, and Updates that arrived after empty workflow tasks with the
@@ -37,7 +38,7 @@ from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
 from tests.wfkit import STARTED, bounded_shutdown, hours, signal, start, status, wait_for
 from worker.main import build_worker
 from workflows import queues
-from workflows.staged_rollout import PATCH, PATCH_HANDLED, PATCH_QUEUES, StagedRollout
+from workflows.staged_rollout import PATCH, PATCH_HANDLED, PATCH_NOTIFY_BATCHES, PATCH_QUEUES, StagedRollout
 
 MACHINE = Path(__file__).parent / "histories" / "machine"
 HISTORIES = sorted(MACHINE.glob("*.json"))
@@ -74,7 +75,7 @@ def test_machine_histories_cover_a_whole_rollout_continue_as_new_amendment_rollb
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 def test_machine_history_carries_the_patch_markers_and_no_empty_task(path: Path) -> None:
     events = load(path).events
-    assert history_shape.patch_ids(events) == [PATCH, PATCH_HANDLED, PATCH_QUEUES]
+    assert history_shape.patch_ids(events) == [PATCH, PATCH_HANDLED, PATCH_QUEUES, PATCH_NOTIFY_BATCHES]
     assert history_shape.silent_tasks(events) == []
 
 
@@ -98,12 +99,21 @@ def test_deliveries_run_on_their_own_queue_since_own_queues_and_on_the_rollouts_
         own = next(iter(q[""]))
         if "apply_exposure" in q:
             assert q["apply_exposure"] == {queues.deliveries(own)}, path.stem
-        for kind in ("record_audit", "send_notifications", "audit_last_seq"):
+        for kind in ("record_audit", "send_notifications", "send_notification_batch", "audit_last_seq"):
             assert q.get(kind, {""}) == {""}, (path.stem, kind)
     assert any("apply_exposure" in activity_queues(p) for p in HISTORIES)
     for path in EARLIER:
         q = activity_queues(path)
         assert all(names == {""} for kind, names in q.items() if kind), path.stem
+
+
+def test_notifications_of_one_step_go_in_one_activity_since_notify_batches_and_one_each_before() -> None:
+    now = [set(activity_queues(p)) for p in HISTORIES]
+    assert all("send_notifications" not in kinds for kinds in now)
+    assert any("send_notification_batch" in kinds for kinds in now)
+    before = [set(activity_queues(p)) for p in EARLIER]
+    assert all("send_notification_batch" not in kinds for kinds in before)
+    assert any("send_notifications" in kinds for kinds in before)
 
 
 @pytest.mark.parametrize("path", BEFORE_OWN_QUEUES, ids=[p.stem for p in BEFORE_OWN_QUEUES])

@@ -20,7 +20,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities.audit import AuditActivities
 from activities.audit_store import AuditStore
 from activities.monitor import monitor_thresholds
-from activities.notify import send_notifications
+from activities.notify import send_notification_batch, send_notifications
 from activities.targets import apply_exposure
 from activities.watch import watch_thresholds
 from rollout.errors import UsageError
@@ -34,8 +34,8 @@ log = logging.getLogger("rollout.worker")
 
 def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
     audit = AuditActivities(store)
-    return [apply_exposure, send_notifications, monitor_thresholds, watch_thresholds, audit.record_audit,
-            audit.audit_last_seq]
+    return [apply_exposure, send_notifications, send_notification_batch, monitor_thresholds, watch_thresholds,
+            audit.record_audit, audit.audit_last_seq]
 
 
 @dataclass(frozen=True)

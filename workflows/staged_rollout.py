@@ -66,7 +66,16 @@ with workflow.unsafe.imports_passed_through():
         WatchSpec,
         event_from_payload,
     )
-    from rollout.models import AuditBatch, AuditEvent, AuditHead, Notification, NotifyResult, TargetResult
+    from rollout.models import (
+        AuditBatch,
+        AuditEvent,
+        AuditHead,
+        Notification,
+        NotificationBatch,
+        NotifyBatchResult,
+        NotifyResult,
+        TargetResult,
+    )
     from workflows import queues, search_attrs
     from workflows.legacy.v1 import LegacyStagedRollout
     from workflows.messages import ActionInput, BreachReport, RolloutInput
@@ -74,9 +83,12 @@ with workflow.unsafe.imports_passed_through():
 PATCH = "state-machine-v2"
 PATCH_HANDLED = "no-empty-tasks"  # runs started before it keep their old command sequence
 PATCH_QUEUES = "own-queues"  # deliveries and monitors on queues of their own (workflows/queues.py)
+PATCH_NOTIFY_BATCHES = "notify-batches"  # the notifications of one step in one activity
 MAX_SIGNAL_BYTES = 64 * 1024
 AUDIT_BATCH_ROWS = 200
 AUDIT_BATCH_BYTES = 256 * 1024
+NOTIFY_BATCH_COUNT = 20
+NOTIFY_BATCH_BYTES = 256 * 1024
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 CAN_GRACE = timedelta(seconds=10)
 BUSY_REASON = "the rollout is being moved to another worker; send the action again"
@@ -102,6 +114,7 @@ class StagedRollout:
         tq = workflow.info().task_queue
         self._deliveries_queue = queues.deliveries(tq) if own else None  # None: the workflow's own queue
         self._monitors_queue = queues.monitors(tq) if own else None
+        self._notify_batches = workflow.patched(PATCH_NOTIFY_BATCHES)
         self._handled_count = 0
         self.s: State | None = inp.machine.model_copy(update={"runs": inp.machine.runs + 1}) if inp.machine else None
         self._inbox: list[tuple[Event, dict[str, Any] | None]] = []  # messages, with an update's reply slot
@@ -380,9 +393,44 @@ class StagedRollout:
             await workflow.wait_condition(lambda: not self._audit_busy)
 
     def _start_notifications(self) -> None:
-        for key in sorted(set(self._unsent) - self._sending):
-            self._sending.add(key)
-            asyncio.get_running_loop().create_task(self._send(key, self._unsent[key]))
+        waiting = sorted(set(self._unsent) - self._sending)
+        if not self._notify_batches:  # runs started before `notify-batches`: one activity each
+            for key in waiting:
+                self._sending.add(key)
+                asyncio.get_running_loop().create_task(self._send(key, self._unsent[key]))
+            return
+        while waiting:
+            keys: list[int] = []
+            size = 0
+            for key in waiting:
+                size += len(self._unsent[key].model_dump_json())
+                if keys and (len(keys) >= NOTIFY_BATCH_COUNT or size > NOTIFY_BATCH_BYTES):
+                    break
+                keys.append(key)
+            waiting = waiting[len(keys):]
+            self._sending.update(keys)
+            asyncio.get_running_loop().create_task(self._send_batch(keys))
+
+    async def _send_batch(self, keys: list[int]) -> None:
+        notes = [self._unsent[k] for k in keys]
+        try:
+            res = await workflow.execute_activity("send_notification_batch", NotificationBatch(notifications=notes),
+                                                  result_type=NotifyBatchResult,
+                                                  start_to_close_timeout=timedelta(seconds=120),
+                                                  retry_policy=RetryPolicy(maximum_attempts=5))
+            self._handled()
+            for n, r in zip(notes, res.results, strict=False):
+                if r.failed:
+                    self._results.append(NotifyFailed(event=n.event, failed=r.failed))
+        except ActivityError as exc:
+            self._handled()
+            for n in notes:
+                self._results.append(NotifyFailed(event=n.event, failed={"error": str(exc.cause or exc)}))
+        finally:
+            for k in keys:
+                self._unsent.pop(k, None)
+                self._sending.discard(k)
+            self._poke()
 
     async def _send(self, key: int, n: Notification) -> None:
         try:
