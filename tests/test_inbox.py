@@ -171,6 +171,12 @@ def test_link_tokens_are_bound_to_their_signature_purpose_and_expiry() -> None:
         verify_token(SECRET, "link", token, time.time() + 301)
 
 
+# The inbox asks every running rollout on the shared dev server for its status, 5 s each at
+# most: rollouts other tests left without a worker make a page take that long (and the page
+# says "status unavailable" for them). These tests are about sessions and headers, not speed.
+PAGE_TIMEOUT = 30.0
+
+
 @pytest.fixture
 async def served(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Any]:
     async def serve(trusted_proxy: str | None) -> Any:
@@ -182,16 +188,16 @@ async def served(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[
 
 async def test_proxy_header_is_trusted_only_from_the_trusted_proxy(served: Any) -> None:
     headers = {"X-Auth-Request-Email": RISK}
-    async with await served("127.0.0.1") as base, httpx.AsyncClient() as http:
+    async with await served("127.0.0.1") as base, httpx.AsyncClient(timeout=PAGE_TIMEOUT) as http:
         r = await http.get(f"{base}/inbox", headers=headers)
         assert r.status_code == 200 and f'<strong id="identity">{RISK}</strong>' in r.text
-    async with await served("10.1.2.3") as base, httpx.AsyncClient() as http:
+    async with await served("10.1.2.3") as base, httpx.AsyncClient(timeout=PAGE_TIMEOUT) as http:
         r = await http.get(f"{base}/inbox", headers=headers)
         assert r.status_code == 401 and RISK not in r.text
 
 
 async def test_link_sets_an_httponly_samesite_strict_session_and_pages_carry_security_headers(served: Any) -> None:
-    async with await served(None) as base, httpx.AsyncClient(base_url=base) as http:
+    async with await served(None) as base, httpx.AsyncClient(base_url=base, timeout=PAGE_TIMEOUT) as http:
         assert (await http.get("/inbox/fragment")).status_code == 401
         link = sign_in_link(SECRET, ENG2, timedelta(minutes=5), base)
         token = parse_qs(urlsplit(link).query)["token"][0]
@@ -224,7 +230,7 @@ def test_cli_prints_a_link_signed_with_the_inbox_secret(monkeypatch: pytest.Monk
 
 
 async def test_the_background_refresh_shows_a_message_without_taking_it_from_the_page(served: Any) -> None:
-    async with await served(None) as base, httpx.AsyncClient(base_url=base) as http:
+    async with await served(None) as base, httpx.AsyncClient(base_url=base, timeout=PAGE_TIMEOUT) as http:
         link = sign_in_link(SECRET, ENG2, timedelta(minutes=5), base)
         await http.post("/inbox/login", data={"token": parse_qs(urlsplit(link).query)["token"][0]})
         csrf = re.search(r'name="csrf" value="([^"]+)"', (await http.get("/inbox")).text)

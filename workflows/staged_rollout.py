@@ -31,6 +31,11 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
   chaos test's stuck rollouts). The loop fails such a task (`_note_step`) before it
   issues anything, so the worker drops the workflow and the task is retried from
   history;
+- target deliveries and threshold monitors run on task queues of their own
+  (workflows/queues.py, patch `own-queues`), and the notifications of one step go out in
+  one activity (patch `notify-batches`): a containment never waits for an activity slot
+  behind audit batches, notifications or monitors, and a breach costs two fewer
+  activities and workflow tasks;
 - an Update is refused as `Busy` (send it again) when its validator runs in the same
   workflow task as a loop step already taken: acceptance would come after commands a
   replay issues after it. A refused Update leaves no history; the client sends it again
