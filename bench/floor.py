@@ -45,6 +45,10 @@ class BenchFloor:
     def stop(self) -> None:
         self._stop = True
 
+    @workflow.query
+    def pending(self) -> int:
+        return len(self._queue)
+
 
 def floor_change(rollout_id: str, seq: int, target_url: str, secret_env: str) -> TargetChange:
     """A hold as the rollout's containment would be sent (same body shape, signed)."""

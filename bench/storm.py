@@ -36,7 +36,18 @@ import httpx
 from temporalio.client import WorkflowHandle
 
 from bench.common import Deadline, emit, machine, stdout_to_stderr
-from bench.stack import StackSampler, activity_timings, bounded, breach_payload, progress, soak, stack
+from bench.floor import BenchFloor, floor_change, floor_worker
+from bench.stack import (
+    SECRET_ENV,
+    Stack,
+    StackSampler,
+    activity_timings,
+    bounded,
+    breach_payload,
+    progress,
+    soak,
+    stack,
+)
 
 GOAL_HELD_WITHIN_S = 30.0
 
@@ -59,6 +70,51 @@ def alert_body(wids: list[str], run: str, k: int) -> dict[str, Any]:
              "annotations": {"summary": "bench storm"}, "generatorURL": "", "fingerprint": f"{run}{k}{i:04d}"}
             for i, wid in enumerate(wids)
         ],
+    }
+
+
+async def floor_storm(s: Stack, n: int, senders: int, budget: Deadline) -> dict[str, Any]:
+    """The same storm against the floor: n bare workflows (bench/floor.py) on the same server
+    and in the same process, each signalled once, all at once; each runs `apply_exposure`
+    (the same signed request to the same target). What a Temporal worker process on this
+    machine needs for n signal-then-activity round trips, with no rule, audit or notification."""
+    async with floor_worker(s.client) as queue:
+        handles: list[WorkflowHandle[Any, Any]] = []
+
+        async def start(i: int) -> None:
+            handles.append(await s.client.start_workflow(BenchFloor.run, id=f"bench-floor-storm-{s.run}-{i}",
+                                                         task_queue=queue))
+
+        await asyncio.wait_for(bounded(50, [functools.partial(start, i) for i in range(n)]), budget.left())
+
+        async def ready(h: WorkflowHandle[Any, Any]) -> None:
+            await h.query(BenchFloor.pending)  # answered once the first workflow task ran
+
+        await asyncio.wait_for(bounded(50, [functools.partial(ready, h) for h in handles]), budget.left())
+        progress(f"{n} floor workflows waiting; the same storm against the floor")
+        ids = [f"floor-storm-{s.run}-{i}" for i in range(n)]
+        t0 = time.perf_counter()
+
+        async def breach(h: WorkflowHandle[Any, Any], rid: str) -> None:
+            await h.signal(BenchFloor.breach, floor_change(rid, 1, s.target_url, SECRET_ENV))
+
+        await asyncio.wait_for(bounded(senders, [functools.partial(breach, h, r) for h, r in zip(handles, ids,
+                                                                                                   strict=True)]),
+                               budget.left())
+        while not budget.expired():
+            if all(s.target.contained(r) for r in ids):
+                break
+            await asyncio.sleep(0.05)
+        reached = [min(a.at for a in s.target.contained(r)) for r in ids if s.target.contained(r)]
+
+        async def stop(h: WorkflowHandle[Any, Any]) -> None:
+            await h.signal(BenchFloor.stop)
+
+        await bounded(50, [functools.partial(stop, h) for h in handles])
+    return {
+        "workflows": n,
+        "contained": len(reached),
+        "all_contained_within_s": round(max(reached) - t0, 2) if len(reached) == n else None,
     }
 
 
@@ -140,6 +196,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                      for w in ids if s.target.contained(w) and w in sent_at)
         held_within = status_confirmed_s if last_contained_s is not None and not lost else None
         timings = await activity_timings(handles[0::max(1, len(handles) // 30)])
+        floor = await floor_storm(s, len(handles), args.senders, budget) if args.floor else None
         server = "TEMPORAL_ADDRESS " + s.address if s.external else "temporal dev server (start_local, in memory)"
     receiver_5xx = sum(c for code, c in codes.items() if code >= 500)
     return {
@@ -168,6 +225,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "lost": not lost,
             "receiver_5xx": receiver_5xx == 0,
         },
+        "floor": floor,
+        "ratio_to_floor": (round(held_within / floor["all_contained_within_s"], 2)
+                           if floor and floor["all_contained_within_s"] and held_within is not None else None),
         "where_the_time_goes": timings,
         "profile": sampler.top() if sampler is not None else None,
         "soak_phases": soak_times,
@@ -183,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alerts-per-post", type=int, default=10, help="alerts in one Alertmanager webhook (default 10)")
     ap.add_argument("--senders", type=int, default=200, help="signals and posts in flight while sending (default 200)")
     ap.add_argument("--profile", action="store_true", help="sample this process's stacks during the storm")
+    ap.add_argument("--no-floor", dest="floor", action="store_false",
+                    help="skip the same storm against the floor workflow (bench/floor.py)")
     ap.add_argument("--timeout", type=float, default=460.0, help="overall budget in seconds (default 460)")
     args = ap.parse_args(argv)
     if not 2 <= args.rollouts <= 5000 or not 1 <= args.alerts_per_post <= 100:
