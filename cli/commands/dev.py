@@ -36,13 +36,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         default=os.environ.get("ROLLOUT_METRICS_ADDRESS"),
         help="serve Prometheus metrics at HOST:PORT/metrics (default $ROLLOUT_METRICS_ADDRESS; off when unset)",
     )
-    for flag, env, what in (
-        ("--activity-slots", "ROLLOUT_ACTIVITY_SLOTS", "audit batches and notifications run at once (default 200)"),
-        ("--delivery-slots", "ROLLOUT_DELIVERY_SLOTS", "target deliveries run at once, on <queue>-deliveries (default 100)"),
-        ("--monitor-slots", "ROLLOUT_MONITOR_SLOTS", "threshold monitors run at once, on <queue>-monitors (default 2000)"),
-        ("--max-cached-workflows", "ROLLOUT_MAX_CACHED_WORKFLOWS", "open rollouts kept in memory (default 1000)"),
+    for flag, env, what, default in (
+        ("--activity-slots", "ROLLOUT_ACTIVITY_SLOTS", "audit batches and notifications run at once", 200),
+        ("--delivery-slots", "ROLLOUT_DELIVERY_SLOTS", "target deliveries run at once, on <queue>-deliveries", 100),
+        ("--monitor-slots", "ROLLOUT_MONITOR_SLOTS", "threshold monitors run at once, on <queue>-monitors", 2000),
+        ("--max-cached-workflows", "ROLLOUT_MAX_CACHED_WORKFLOWS", "open rollouts kept in memory", 1000),
     ):
-        p.add_argument(flag, type=int, metavar="N", help=f"{what}; default ${env} when set")
+        p.add_argument(flag, type=int, metavar="N", help=f"{what} (default ${env}, else {default})")
     p.set_defaults(handler=cmd_worker)
 
 
