@@ -25,7 +25,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from rollout.models import AuditBatch, Notification, NotificationBatch, NotifyResult, TargetChange, TargetResult
+from rollout.models import (
+    AuditBatch,
+    Notification,
+    NotificationBatch,
+    NotifyResult,
+    TargetChange,
+    TargetResult,
+)
 
 log = logging.getLogger("rollout.telemetry")
 

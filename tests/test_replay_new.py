@@ -93,15 +93,18 @@ def activity_queues(path: Path) -> dict[str, set[str]]:
     return out
 
 
-def test_deliveries_run_on_their_own_queue_since_own_queues_and_on_the_rollouts_queue_before() -> None:
+def test_audit_and_notifications_run_beside_deliveries_since_own_queues_and_all_on_one_queue_before() -> None:
+    """Deliveries stay on the workflow's queue (eager dispatch); audit batches and
+    notifications go to `<queue>-background`, monitors to `<queue>-monitors`."""
     for path in HISTORIES:
         q = activity_queues(path)
         own = next(iter(q[""]))
-        if "apply_exposure" in q:
-            assert q["apply_exposure"] == {queues.deliveries(own)}, path.stem
-        for kind in ("record_audit", "send_notifications", "send_notification_batch", "audit_last_seq"):
-            assert q.get(kind, {""}) == {""}, (path.stem, kind)
-    assert any("apply_exposure" in activity_queues(p) for p in HISTORIES)
+        assert q.get("apply_exposure", {""}) == {""}, path.stem
+        assert q.get("audit_last_seq", {""}) == {""}, path.stem
+        for kind in ("record_audit", "send_notification_batch"):
+            assert q.get(kind, {queues.background(own)}) == {queues.background(own)}, (path.stem, kind)
+        assert q.get("watch_thresholds", {queues.monitors(own)}) == {queues.monitors(own)}, path.stem
+    assert any("record_audit" in activity_queues(p) and "apply_exposure" in activity_queues(p) for p in HISTORIES)
     for path in EARLIER:
         q = activity_queues(path)
         assert all(names == {""} for kind, names in q.items() if kind), path.stem

@@ -49,8 +49,8 @@ def test_a_bad_flag_is_named_as_the_flag() -> None:
         WorkerSettings.from_env({"delivery_slots": 0})
 
 
-def test_deliveries_and_monitors_queues_are_named_after_the_rollouts_queue() -> None:
-    assert queues.deliveries("rollouts") == "rollouts-deliveries"
+def test_background_and_monitors_queues_are_named_after_the_rollouts_queue() -> None:
+    assert queues.background("rollouts") == "rollouts-background"
     assert queues.monitors("team-a") == "team-a-monitors"
 
 

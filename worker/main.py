@@ -1,5 +1,6 @@
 """The worker process: the StagedRollout workflow and every activity, on task queue `rollouts`
-(deliveries and monitors on `rollouts-deliveries` and `rollouts-monitors`, workflows/queues.py)."""
+(audit batches and notifications on `rollouts-background`, monitors on `rollouts-monitors`,
+workflows/queues.py)."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
 class WorkerSettings:
     """The worker options that matter under load (README, "Running many workers")."""
 
-    activity_slots: int = 200  # audit batches, notifications, and everything of runs before `own-queues`
-    delivery_slots: int = 100  # target deliveries (`<queue>-deliveries`)
+    activity_slots: int = 200  # audit batches and notifications (`<queue>-background`)
+    delivery_slots: int = 100  # target deliveries, and every activity of runs before `own-queues` (`<queue>`)
     monitor_slots: int = 2000  # threshold monitors (`<queue>-monitors`), one per monitored soaking rollout
     max_cached_workflows: int = 1000  # open rollouts kept in memory (the SDK's default)
 
@@ -78,8 +79,8 @@ class WorkerSettings:
 
 
 class RolloutWorker:
-    """The Temporal workers of one process, run and stopped together: workflow tasks with
-    audit batches and notifications on the rollouts' queue, target deliveries and threshold
+    """The Temporal workers of one process, run and stopped together: workflow tasks and
+    target deliveries on the rollouts' queue, audit batches and notifications, and threshold
     monitors on queues of their own (workflows/queues.py). If one stops, all stop."""
 
     def __init__(self, workers: Sequence[Worker]) -> None:
@@ -135,8 +136,8 @@ def build_worker(
     replace_activities: dict[str, Callable[..., Any]] | None = None,
     settings: WorkerSettings | None = None,
 ) -> RolloutWorker:
-    """The rollout workflow and its activities (all async), on `queue` and its deliveries
-    and monitors queues."""
+    """The rollout workflow and its activities (all async), on `queue` and its background
+    and monitors queues (workflows/queues.py)."""
     settings = settings or WorkerSettings()
     queue = queue or task_queue()
     acts = list(activities_for(store)) + list(extra_activities)
@@ -148,20 +149,21 @@ def build_worker(
         client,
         task_queue=queue,
         workflows=[StagedRollout],
-        activities=acts,  # all of them: runs started before `own-queues` schedule every one here
+        activities=acts,  # deliveries, and every activity of runs started before `own-queues`
         # cryptography's compiled core must not be re-imported inside the sandbox
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules("cryptography")
         ),
-        max_concurrent_activities=settings.activity_slots,
+        max_concurrent_activities=settings.delivery_slots,
         max_cached_workflows=settings.max_cached_workflows,
         interceptors=interceptors,
     )
-    deliveries = Worker(client, task_queue=queues.deliveries(queue), activities=[by_name["apply_exposure"]],
-                        max_concurrent_activities=settings.delivery_slots, interceptors=interceptors)
+    background = Worker(client, task_queue=queues.background(queue),
+                        activities=[by_name["record_audit"], by_name["send_notification_batch"]],
+                        max_concurrent_activities=settings.activity_slots, interceptors=interceptors)
     monitors = Worker(client, task_queue=queues.monitors(queue), activities=[by_name["watch_thresholds"]],
                       max_concurrent_activities=settings.monitor_slots, interceptors=interceptors)
-    return RolloutWorker([main, deliveries, monitors])
+    return RolloutWorker([main, background, monitors])
 
 
 async def run_worker(
@@ -194,7 +196,7 @@ async def run_worker(
         loop.add_signal_handler(sig, on_signal, sig)
     worker = build_worker(client, store, settings=settings)
     log.info("worker polling task queues %s, %s and %s (activity slots %d, delivery slots %d, monitor slots %d, "
-             "cached workflows %d)%s", task_queue(), queues.deliveries(task_queue()), queues.monitors(task_queue()),
+             "cached workflows %d)%s", task_queue(), queues.background(task_queue()), queues.monitors(task_queue()),
              settings.activity_slots, settings.delivery_slots, settings.monitor_slots, settings.max_cached_workflows,
              f"; metrics on http://{metrics_address}/metrics" if metrics_address else "")
     try:

@@ -1,29 +1,32 @@
 """The task queues of a rollout (a contract with workers and operators).
 
-A rollout's workflow tasks, audit batches and notifications run on the task queue it was
-started on (`ROLLOUT_TASK_QUEUE`, default `rollouts`). Since the `own-queues` patch, two
-kinds of activity run on queues of their own beside it, named after it:
+A rollout's workflow tasks and its target deliveries (`apply_exposure`) run on the task
+queue it was started on (`ROLLOUT_TASK_QUEUE`, default `rollouts`): a delivery is
+scheduled on the workflow's own queue, so the worker that decided a containment can start
+it at once, in the reply to its workflow task (Temporal's eager activity dispatch), without
+a trip through matching. Since the `own-queues` patch, everything else a rollout runs goes
+to queues of their own beside it, named after it:
 
-- `<queue>-deliveries`: `apply_exposure`, the target deliveries. A containment never waits
-  for an activity slot behind audit batches and notifications (bench/README.md: under a
-  1,000-rollout storm it waited 105 s for one).
+- `<queue>-background`: audit batches (`record_audit`) and notifications
+  (`send_notification_batch`). Under a burst they queue for their own slots, never for
+  the ones deliveries need (a 1,000-rollout storm made containments wait 105 s for a slot
+  they shared).
 - `<queue>-monitors`: `watch_thresholds`, one long-running activity per monitored soaking
-  rollout. Monitors hold their slot for the whole window; on their own queue they no
-  longer take the slots deliveries and audit batches need.
+  rollout, holding its slot for the whole window.
 
 `rollout worker` polls all three (worker/main.py). Rollouts started before the patch
-schedule everything on their own queue, which keeps every activity too.
+schedule everything on their own queue, which keeps serving every activity.
 """
 
 from __future__ import annotations
 
-DELIVERIES_SUFFIX = "-deliveries"
+BACKGROUND_SUFFIX = "-background"
 MONITORS_SUFFIX = "-monitors"
 
 
-def deliveries(queue: str) -> str:
-    """The queue target deliveries of rollouts on `queue` run on."""
-    return queue + DELIVERIES_SUFFIX
+def background(queue: str) -> str:
+    """The queue audit batches and notifications of rollouts on `queue` run on."""
+    return queue + BACKGROUND_SUFFIX
 
 
 def monitors(queue: str) -> str:

@@ -31,11 +31,12 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
   chaos test's stuck rollouts). The loop fails such a task (`_note_step`) before it
   issues anything, so the worker drops the workflow and the task is retried from
   history;
-- target deliveries and threshold monitors run on task queues of their own
-  (workflows/queues.py, patch `own-queues`), and the notifications of one step go out in
-  one activity (patch `notify-batches`): a containment never waits for an activity slot
-  behind audit batches, notifications or monitors, and a breach costs two fewer
-  activities and workflow tasks;
+- target deliveries run on the workflow's own task queue (eager dispatch: the worker that
+  decided a containment starts it at once), audit batches, notifications and threshold
+  monitors on queues of their own (workflows/queues.py, patch `own-queues`), and the
+  notifications of one step go out in one activity (patch `notify-batches`): a
+  containment never waits for an activity slot behind them, and a breach costs two
+  fewer activities and workflow tasks;
 - an Update is refused as `Busy` (send it again) when its validator runs in the same
   workflow task as a loop step already taken: acceptance would come after commands a
   replay issues after it. A refused Update leaves no history; the client sends it again
@@ -87,7 +88,7 @@ with workflow.unsafe.imports_passed_through():
 
 PATCH = "state-machine-v2"
 PATCH_HANDLED = "no-empty-tasks"  # runs started before it keep their old command sequence
-PATCH_QUEUES = "own-queues"  # deliveries and monitors on queues of their own (workflows/queues.py)
+PATCH_QUEUES = "own-queues"  # audit, notifications and monitors on queues of their own (workflows/queues.py)
 PATCH_NOTIFY_BATCHES = "notify-batches"  # the notifications of one step in one activity
 MAX_SIGNAL_BYTES = 64 * 1024
 AUDIT_BATCH_ROWS = 200
@@ -117,7 +118,7 @@ class StagedRollout:
         self._mark = workflow.patched(PATCH_HANDLED)  # decided once per run, at its first task
         own = workflow.patched(PATCH_QUEUES)
         tq = workflow.info().task_queue
-        self._deliveries_queue = queues.deliveries(tq) if own else None  # None: the workflow's own queue
+        self._background_queue = queues.background(tq) if own else None  # None: the workflow's own queue
         self._monitors_queue = queues.monitors(tq) if own else None
         self._notify_batches = workflow.patched(PATCH_NOTIFY_BATCHES)
         self._handled_count = 0
@@ -316,7 +317,6 @@ class StagedRollout:
                   else workflow.ActivityCancellationType.TRY_CANCEL)
         try:
             res = await workflow.execute_activity("apply_exposure", change, result_type=TargetResult,
-                                                  task_queue=self._deliveries_queue,
                                                   start_to_close_timeout=timedelta(seconds=60), retry_policy=RETRY,
                                                   cancellation_type=cancel)
             self._handled()
@@ -383,6 +383,7 @@ class StagedRollout:
     async def _write_audit(self, batch: list[AuditEvent]) -> None:
         try:
             head = await workflow.execute_activity("record_audit", AuditBatch(events=batch), result_type=AuditHead,
+                                                   task_queue=self._background_queue,
                                                    start_to_close_timeout=timedelta(seconds=60), retry_policy=RETRY)
             self._handled()
             sent = {e.seq for e in batch}
@@ -420,7 +421,7 @@ class StagedRollout:
         notes = [self._unsent[k] for k in keys]
         try:
             res = await workflow.execute_activity("send_notification_batch", NotificationBatch(notifications=notes),
-                                                  result_type=NotifyBatchResult,
+                                                  result_type=NotifyBatchResult, task_queue=self._background_queue,
                                                   start_to_close_timeout=timedelta(seconds=120),
                                                   retry_policy=RetryPolicy(maximum_attempts=5))
             self._handled()

@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="serve Prometheus metrics at HOST:PORT/metrics (default $ROLLOUT_METRICS_ADDRESS; off when unset)",
     )
     for flag, env, what, default in (
-        ("--activity-slots", "ROLLOUT_ACTIVITY_SLOTS", "audit batches and notifications run at once", 200),
-        ("--delivery-slots", "ROLLOUT_DELIVERY_SLOTS", "target deliveries run at once, on <queue>-deliveries", 100),
+        ("--activity-slots", "ROLLOUT_ACTIVITY_SLOTS", "audit batches and notifications run at once, on <queue>-background",
+         200),
+        ("--delivery-slots", "ROLLOUT_DELIVERY_SLOTS", "target deliveries run at once, on <queue>", 100),
         ("--monitor-slots", "ROLLOUT_MONITOR_SLOTS", "threshold monitors run at once, on <queue>-monitors", 2000),
         ("--max-cached-workflows", "ROLLOUT_MAX_CACHED_WORKFLOWS", "open rollouts kept in memory", 1000),
     ):
