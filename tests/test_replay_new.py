@@ -93,16 +93,16 @@ def activity_queues(path: Path) -> dict[str, set[str]]:
     return out
 
 
-def test_audit_and_notifications_run_beside_deliveries_since_own_queues_and_all_on_one_queue_before() -> None:
-    """Deliveries stay on the workflow's queue (eager dispatch); audit batches and
-    notifications go to `<queue>-background`, monitors to `<queue>-monitors`."""
+def test_audit_notifications_and_monitors_run_beside_deliveries_since_own_queues_and_on_one_queue_before() -> None:
+    """Deliveries stay on the workflow's queue (eager dispatch); audit batches go to
+    `<queue>-audit`, notifications to `<queue>-notify`, monitors to `<queue>-monitors`."""
     for path in HISTORIES:
         q = activity_queues(path)
         own = next(iter(q[""]))
         assert q.get("apply_exposure", {""}) == {""}, path.stem
         assert q.get("audit_last_seq", {""}) == {""}, path.stem
-        for kind in ("record_audit", "send_notification_batch"):
-            assert q.get(kind, {queues.background(own)}) == {queues.background(own)}, (path.stem, kind)
+        assert q.get("record_audit", {queues.audit(own)}) == {queues.audit(own)}, path.stem
+        assert q.get("send_notification_batch", {queues.notify(own)}) == {queues.notify(own)}, path.stem
         assert q.get("watch_thresholds", {queues.monitors(own)}) == {queues.monitors(own)}, path.stem
     assert any("record_audit" in activity_queues(p) and "apply_exposure" in activity_queues(p) for p in HISTORIES)
     for path in EARLIER:
@@ -151,6 +151,11 @@ async def record_runs(name: str, client: Client) -> None:
         j = 0
         while run_id:
             hist = await client.get_workflow_handle(h.id, run_id=run_id).fetch_history()
+            for _ in range(100):  # a run that just began: wait for its first task (its patch markers)
+                if any(history_shape.name(e) == "WORKFLOW_TASK_COMPLETED" for e in hist.events):
+                    break
+                await asyncio.sleep(0.1)
+                hist = await client.get_workflow_handle(h.id, run_id=run_id).fetch_history()
             (MACHINE / f"{name}-{i}-{j}.json").write_text(hist.to_json())
             last = hist.events[-1]
             run_id = (last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id

@@ -9,7 +9,8 @@ from rollout.errors import UsageError
 from worker.main import WorkerSettings
 from workflows import queues
 
-VARS = ("ROLLOUT_ACTIVITY_SLOTS", "ROLLOUT_DELIVERY_SLOTS", "ROLLOUT_MONITOR_SLOTS", "ROLLOUT_MAX_CACHED_WORKFLOWS")
+VARS = ("ROLLOUT_DELIVERY_SLOTS", "ROLLOUT_AUDIT_SLOTS", "ROLLOUT_NOTIFY_SLOTS", "ROLLOUT_MONITOR_SLOTS",
+        "ROLLOUT_MAX_CACHED_WORKFLOWS")
 
 
 @pytest.fixture(autouse=True)
@@ -19,20 +20,22 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_without_flags_or_variables() -> None:
-    assert WorkerSettings.from_env() == WorkerSettings(activity_slots=200, delivery_slots=100, monitor_slots=2000,
-                                                       max_cached_workflows=1000)
+    assert WorkerSettings.from_env() == WorkerSettings(delivery_slots=100, audit_slots=200, notify_slots=200,
+                                                       monitor_slots=2000, max_cached_workflows=1000)
 
 
 def test_variables_set_what_flags_leave_alone_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROLLOUT_DELIVERY_SLOTS", " 300 ")
     monkeypatch.setenv("ROLLOUT_MAX_CACHED_WORKFLOWS", "0")
     monkeypatch.setenv("ROLLOUT_MONITOR_SLOTS", "50")
-    s = WorkerSettings.from_env({"monitor_slots": 70, "activity_slots": None})
-    assert (s.activity_slots, s.delivery_slots, s.monitor_slots, s.max_cached_workflows) == (200, 300, 70, 0)
+    s = WorkerSettings.from_env({"monitor_slots": 70, "audit_slots": None})
+    assert (s.audit_slots, s.notify_slots, s.delivery_slots, s.monitor_slots, s.max_cached_workflows) == (
+        200, 200, 300, 70, 0)
 
 
 @pytest.mark.parametrize(("env", "value", "said"), [
-    ("ROLLOUT_ACTIVITY_SLOTS", "many", "ROLLOUT_ACTIVITY_SLOTS='many' is not a whole number"),
+    ("ROLLOUT_AUDIT_SLOTS", "many", "ROLLOUT_AUDIT_SLOTS='many' is not a whole number"),
+    ("ROLLOUT_NOTIFY_SLOTS", "0", "ROLLOUT_NOTIFY_SLOTS='0' is out of range"),
     ("ROLLOUT_DELIVERY_SLOTS", "0", "ROLLOUT_DELIVERY_SLOTS='0' is out of range: give a number between 1 and 100000"),
     ("ROLLOUT_MAX_CACHED_WORKFLOWS", "-1", "between 0 and 100000"),
     ("ROLLOUT_MONITOR_SLOTS", "100001", "between 1 and 100000"),
@@ -49,8 +52,9 @@ def test_a_bad_flag_is_named_as_the_flag() -> None:
         WorkerSettings.from_env({"delivery_slots": 0})
 
 
-def test_background_and_monitors_queues_are_named_after_the_rollouts_queue() -> None:
-    assert queues.background("rollouts") == "rollouts-background"
+def test_audit_notify_and_monitors_queues_are_named_after_the_rollouts_queue() -> None:
+    assert queues.audit("rollouts") == "rollouts-audit"
+    assert queues.notify("rollouts") == "rollouts-notify"
     assert queues.monitors("team-a") == "team-a-monitors"
 
 

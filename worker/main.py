@@ -1,6 +1,6 @@
 """The worker process: the StagedRollout workflow and every activity, on task queue `rollouts`
-(audit batches and notifications on `rollouts-background`, monitors on `rollouts-monitors`,
-workflows/queues.py)."""
+(audit batches, notifications and monitors on `rollouts-audit`, `rollouts-notify` and
+`rollouts-monitors`, workflows/queues.py)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
 class WorkerSettings:
     """The worker options that matter under load (README, "Running many workers")."""
 
-    activity_slots: int = 200  # audit batches and notifications (`<queue>-background`)
+    audit_slots: int = 200  # audit batches (`<queue>-audit`)
+    notify_slots: int = 200  # notifications (`<queue>-notify`)
     delivery_slots: int = 100  # target deliveries, and every activity of runs before `own-queues` (`<queue>`)
     monitor_slots: int = 2000  # threshold monitors (`<queue>-monitors`), one per monitored soaking rollout
     max_cached_workflows: int = 1000  # open rollouts kept in memory (the SDK's default)
@@ -51,12 +52,12 @@ class WorkerSettings:
     @classmethod
     def from_env(cls, given: dict[str, int | None] | None = None) -> WorkerSettings:
         """Each setting from `given` (the `rollout worker` flags) when there, else from
-        ROLLOUT_ACTIVITY_SLOTS, ROLLOUT_DELIVERY_SLOTS, ROLLOUT_MONITOR_SLOTS or
-        ROLLOUT_MAX_CACHED_WORKFLOWS when set, else the default; each a whole number from 1
+        ROLLOUT_DELIVERY_SLOTS, ROLLOUT_AUDIT_SLOTS, ROLLOUT_NOTIFY_SLOTS, ROLLOUT_MONITOR_SLOTS
+        or ROLLOUT_MAX_CACHED_WORKFLOWS when set, else the default; each a whole number from 1
         (from 0 for the cache) to 100,000."""
         base = cls()
         values: dict[str, int] = {}
-        for name in ("activity_slots", "delivery_slots", "monitor_slots", "max_cached_workflows"):
+        for name in ("delivery_slots", "audit_slots", "notify_slots", "monitor_slots", "max_cached_workflows"):
             env = "ROLLOUT_" + name.upper()
             lowest = 0 if name == "max_cached_workflows" else 1
             flag = (given or {}).get(name)
@@ -80,8 +81,8 @@ class WorkerSettings:
 
 class RolloutWorker:
     """The Temporal workers of one process, run and stopped together: workflow tasks and
-    target deliveries on the rollouts' queue, audit batches and notifications, and threshold
-    monitors on queues of their own (workflows/queues.py). If one stops, all stop."""
+    target deliveries on the rollouts' queue; audit batches, notifications and threshold
+    monitors each on a queue of its own (workflows/queues.py). If one stops, all stop."""
 
     def __init__(self, workers: Sequence[Worker]) -> None:
         self.workers = list(workers)
@@ -136,8 +137,8 @@ def build_worker(
     replace_activities: dict[str, Callable[..., Any]] | None = None,
     settings: WorkerSettings | None = None,
 ) -> RolloutWorker:
-    """The rollout workflow and its activities (all async), on `queue` and its background
-    and monitors queues (workflows/queues.py)."""
+    """The rollout workflow and its activities (all async), on `queue` and its audit,
+    notify and monitors queues (workflows/queues.py)."""
     settings = settings or WorkerSettings()
     queue = queue or task_queue()
     acts = list(activities_for(store)) + list(extra_activities)
@@ -158,12 +159,13 @@ def build_worker(
         max_cached_workflows=settings.max_cached_workflows,
         interceptors=interceptors,
     )
-    background = Worker(client, task_queue=queues.background(queue),
-                        activities=[by_name["record_audit"], by_name["send_notification_batch"]],
-                        max_concurrent_activities=settings.activity_slots, interceptors=interceptors)
+    audit = Worker(client, task_queue=queues.audit(queue), activities=[by_name["record_audit"]],
+                   max_concurrent_activities=settings.audit_slots, interceptors=interceptors)
+    notify = Worker(client, task_queue=queues.notify(queue), activities=[by_name["send_notification_batch"]],
+                    max_concurrent_activities=settings.notify_slots, interceptors=interceptors)
     monitors = Worker(client, task_queue=queues.monitors(queue), activities=[by_name["watch_thresholds"]],
                       max_concurrent_activities=settings.monitor_slots, interceptors=interceptors)
-    return RolloutWorker([main, background, monitors])
+    return RolloutWorker([main, audit, notify, monitors])
 
 
 async def run_worker(
@@ -195,9 +197,10 @@ async def run_worker(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     worker = build_worker(client, store, settings=settings)
-    log.info("worker polling task queues %s, %s and %s (activity slots %d, delivery slots %d, monitor slots %d, "
-             "cached workflows %d)%s", task_queue(), queues.background(task_queue()), queues.monitors(task_queue()),
-             settings.activity_slots, settings.delivery_slots, settings.monitor_slots, settings.max_cached_workflows,
+    q = task_queue()
+    log.info("worker polling task queues %s (delivery slots %d), %s (%d), %s (%d) and %s (%d); %d cached workflows%s",
+             q, settings.delivery_slots, queues.audit(q), settings.audit_slots, queues.notify(q), settings.notify_slots,
+             queues.monitors(q), settings.monitor_slots, settings.max_cached_workflows,
              f"; metrics on http://{metrics_address}/metrics" if metrics_address else "")
     try:
         async with worker, (

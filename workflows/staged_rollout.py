@@ -118,7 +118,8 @@ class StagedRollout:
         self._mark = workflow.patched(PATCH_HANDLED)  # decided once per run, at its first task
         own = workflow.patched(PATCH_QUEUES)
         tq = workflow.info().task_queue
-        self._background_queue = queues.background(tq) if own else None  # None: the workflow's own queue
+        self._audit_queue = queues.audit(tq) if own else None  # None: the workflow's own queue
+        self._notify_queue = queues.notify(tq) if own else None
         self._monitors_queue = queues.monitors(tq) if own else None
         self._notify_batches = workflow.patched(PATCH_NOTIFY_BATCHES)
         self._handled_count = 0
@@ -383,7 +384,7 @@ class StagedRollout:
     async def _write_audit(self, batch: list[AuditEvent]) -> None:
         try:
             head = await workflow.execute_activity("record_audit", AuditBatch(events=batch), result_type=AuditHead,
-                                                   task_queue=self._background_queue,
+                                                   task_queue=self._audit_queue,
                                                    start_to_close_timeout=timedelta(seconds=60), retry_policy=RETRY)
             self._handled()
             sent = {e.seq for e in batch}
@@ -421,7 +422,7 @@ class StagedRollout:
         notes = [self._unsent[k] for k in keys]
         try:
             res = await workflow.execute_activity("send_notification_batch", NotificationBatch(notifications=notes),
-                                                  result_type=NotifyBatchResult, task_queue=self._background_queue,
+                                                  result_type=NotifyBatchResult, task_queue=self._notify_queue,
                                                   start_to_close_timeout=timedelta(seconds=120),
                                                   retry_policy=RetryPolicy(maximum_attempts=5))
             self._handled()

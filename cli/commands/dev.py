@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="serve Prometheus metrics at HOST:PORT/metrics (default $ROLLOUT_METRICS_ADDRESS; off when unset)",
     )
     for flag, env, what, default in (
-        ("--activity-slots", "ROLLOUT_ACTIVITY_SLOTS", "audit batches and notifications run at once, on <queue>-background",
-         200),
         ("--delivery-slots", "ROLLOUT_DELIVERY_SLOTS", "target deliveries run at once, on <queue>", 100),
+        ("--audit-slots", "ROLLOUT_AUDIT_SLOTS", "audit batches written at once, on <queue>-audit", 200),
+        ("--notify-slots", "ROLLOUT_NOTIFY_SLOTS", "notification batches sent at once, on <queue>-notify", 200),
         ("--monitor-slots", "ROLLOUT_MONITOR_SLOTS", "threshold monitors run at once, on <queue>-monitors", 2000),
         ("--max-cached-workflows", "ROLLOUT_MAX_CACHED_WORKFLOWS", "open rollouts kept in memory", 1000),
     ):
@@ -63,7 +63,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     settings = WorkerSettings.from_env({name: getattr(args, name) for name in (
-        "activity_slots", "delivery_slots", "monitor_slots", "max_cached_workflows")})
+        "delivery_slots", "audit_slots", "notify_slots", "monitor_slots", "max_cached_workflows")})
     stopped_by = await run_worker(metrics_address=args.metrics_address, settings=settings)
     # Ctrl-C is an interruption (130, like every command); SIGTERM a requested stop (0)
     return EXIT_INTERRUPTED if stopped_by == signal.SIGINT else 0
