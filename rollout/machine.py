@@ -166,11 +166,26 @@ def decide(state: State, event: Event, now: datetime) -> tuple[State, list[Comma
     signal, the record of refusals (and the audit trail); the commands then hold a
     `Refuse(reason)`.
     """
-    run = _Run(_copy(state), now)
-    if isinstance(event, DeadlineReached) and event.at is not None:
-        run.now = event.at  # judged when it was due; `late_by` still measures `now`
-    run.handle(event)
-    return run.s, run.cmds
+    new, [cmds] = decide_each(state, [(event, now)])
+    return new, cmds
+
+
+def decide_each(state: State, events: Sequence[tuple[Event, datetime]]) -> tuple[State, list[list[Command]]]:
+    """Apply events in order, each at its own time: exactly what folding `decide` over them
+    gives (the last state, and each event's commands), for one copy of the state instead
+    of one per event. A workflow task that brings a flood of signals stays cheap: copying
+    the state once per signal made such a task run past Temporal's deadlock limit (2 s),
+    fail, and come back with even more signals."""
+    s = _copy(state)
+    out: list[list[Command]] = []
+    for event, now in events:
+        run = _Run(s, now)
+        if isinstance(event, DeadlineReached) and event.at is not None:
+            run.now = event.at  # judged when it was due; `late_by` still measures `now`
+        run.handle(event)
+        s = run.s
+        out.append(run.cmds)
+    return s, out
 
 
 def _copy(state: State) -> State:

@@ -242,6 +242,21 @@ class Rollouts(RuleBasedStateMachine):
             given.extend(c.model_dump() for c in cmds)
         assert given == self.commands and state.model_dump() == self.state.model_dump()
 
+    @invariant()
+    def deciding_a_batch_equals_deciding_one_by_one(self) -> None:
+        """`decide_each` (one workflow task's events at once) gives what `decide` gives one
+        event at a time: the same state and, per event, the same commands, none of them
+        changed by a later event of the batch."""
+        if len(self.events) % 15 != 7:
+            return
+        start, _ = machine.start(self.plan, workflow_id="rollout-p", first_run_id="r1", started_by=OWNER, now=T0)
+        cut = len(self.events) // 2
+        state, first = machine.decide_each(start, self.events[:cut])
+        state, second = machine.decide_each(state, self.events[cut:])
+        given = [c.model_dump() for cmds in first + second for c in cmds]
+        assert len(first) + len(second) == len(self.events)
+        assert given == self.commands and state.model_dump() == self.state.model_dump()
+
 
 Rollouts.TestCase.settings = settings(
     max_examples=150, stateful_step_count=50, deadline=None,

@@ -188,17 +188,6 @@ class StagedRollout:
         await workflow.wait_condition(workflow.all_handlers_finished)
         return machine.status(self.s, workflow.now())
 
-    def _feed(self, ev: Event) -> list[Command]:
-        assert self.s is not None
-        now = workflow.now()
-        if isinstance(ev, DeadlineReached) and ev.at is not None:
-            self._clock = ev.at if self._clock is None else max(self._clock, ev.at)
-        if self._clock is not None and self._clock > now:
-            now = self._clock
-        self.s, cmds = machine.decide(self.s, ev, now)
-        self._carry(cmds)
-        return cmds
-
     def _step(self) -> None:
         """Take finished activities, then messages, then the time; start what is due."""
         self._note_step()
@@ -231,13 +220,22 @@ class StagedRollout:
         return bool(workflow.now() == self._stepped_at)
 
     def _take(self) -> None:
-        """Finished activities first, then messages, each in arrival order."""
-        while self._results or self._inbox:
-            if self._results:
-                self._feed(self._results.pop(0))
-                continue
-            ev, reply = self._inbox.pop(0)
-            cmds = self._feed(ev)
+        """Finished activities first, then messages, each in arrival order, decided in one
+        batch (`machine.decide_each`: one copy of the state for a whole flood of signals)."""
+        if not self._results and not self._inbox:
+            return
+        assert self.s is not None
+        batch: list[tuple[Event, dict[str, Any] | None]] = [(ev, None) for ev in self._results] + self._inbox
+        self._results, self._inbox = [], []
+        base = workflow.now()
+        timed: list[tuple[Event, Any]] = []
+        for ev, _ in batch:
+            if isinstance(ev, DeadlineReached) and ev.at is not None:
+                self._clock = ev.at if self._clock is None else max(self._clock, ev.at)
+            timed.append((ev, self._clock if self._clock is not None and self._clock > base else base))
+        self.s, decided = machine.decide_each(self.s, timed)
+        for (_, reply), cmds in zip(batch, decided, strict=True):
+            self._carry(cmds)
             if reply is not None:
                 refused = [c.reason for c in cmds if isinstance(c, Refuse)]
                 reply.update({"refused": refused[0]} if refused else {"ok": True})
