@@ -91,8 +91,9 @@ PATCH_HANDLED = "no-empty-tasks"  # runs started before it keep their old comman
 PATCH_QUEUES = "own-queues"  # audit, notifications and monitors on queues of their own (workflows/queues.py)
 PATCH_NOTIFY_BATCHES = "notify-batches"  # the notifications of one step in one activity
 MAX_SIGNAL_BYTES = 64 * 1024
-AUDIT_BATCH_ROWS = 200
-AUDIT_BATCH_BYTES = 256 * 1024
+AUDIT_BATCH_ROWS = 1000
+AUDIT_BATCH_BYTES = 480 * 1024  # under the SDK's 512 KB payload warning
+CARRY_BYTES = 1024 * 1024  # unsent audit rows a continue-as-new carries at most (payloads stop at 2 MB)
 NOTIFY_BATCH_COUNT = 20
 NOTIFY_BATCH_BYTES = 256 * 1024
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -181,7 +182,7 @@ class StagedRollout:
                 asyncio.get_running_loop().create_task(self._can_grace())
                 if self._monitor is not None:
                     self._monitor[1].cancel()  # it reports what it evaluated, then ends
-            if self._continuing and (self._idle() or self._can_grace_over):
+            if self._continuing and (self._idle() or self._can_grace_over) and not self._carry_too_big():
                 await self._continue_as_new()
             if not self._wake:
                 await workflow.wait_condition(lambda: self._wake)
@@ -198,6 +199,8 @@ class StagedRollout:
             self._start_monitor()
             self._start_audit()
             self._start_notifications()
+        elif self._carry_too_big():  # but unsent audit rows must fit in the next run's input
+            self._start_audit()
         self._arm_timer(machine.next_deadline(self.s))
         stage, status = machine.search_attributes(self.s)
         if self._sa != (stage, status):
@@ -458,6 +461,17 @@ class StagedRollout:
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > self._can_after
+
+    def _carry_too_big(self) -> bool:
+        """Whether the unsent audit rows would not fit in a continue-as-new input (a flood of
+        refused signals can queue thousands): then audit batches go on before it, the one
+        case where continue-as-new waits for them."""
+        total = 0
+        for ev in self._outbox:
+            total += _size(ev)
+            if total > CARRY_BYTES:
+                return True
+        return False
 
     def _idle(self) -> bool:
         return (self._monitor is None and self._delivering is None and not self._audit_busy
