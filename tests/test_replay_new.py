@@ -38,7 +38,14 @@ from tests.plans import ENG1, ENG2, IR, OPS, OWNER, RISK
 from tests.wfkit import STARTED, bounded_shutdown, hours, signal, start, status, wait_for
 from worker.main import build_worker
 from workflows import queues
-from workflows.staged_rollout import PATCH, PATCH_HANDLED, PATCH_NOTIFY_BATCHES, PATCH_QUEUES, StagedRollout
+from workflows.staged_rollout import (
+    PATCH,
+    PATCH_HANDLED,
+    PATCH_NOTIFY_BATCHES,
+    PATCH_ONE_MEMO,
+    PATCH_QUEUES,
+    StagedRollout,
+)
 
 MACHINE = Path(__file__).parent / "histories" / "machine"
 HISTORIES = sorted(MACHINE.glob("*.json"))
@@ -75,7 +82,7 @@ def test_machine_histories_cover_a_whole_rollout_continue_as_new_amendment_rollb
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 def test_machine_history_carries_the_patch_markers_and_no_empty_task(path: Path) -> None:
     events = load(path).events
-    assert history_shape.patch_ids(events) == [PATCH, PATCH_HANDLED, PATCH_QUEUES, PATCH_NOTIFY_BATCHES]
+    assert history_shape.patch_ids(events) == [PATCH, PATCH_HANDLED, PATCH_QUEUES, PATCH_NOTIFY_BATCHES, PATCH_ONE_MEMO]
     assert history_shape.silent_tasks(events) == []
 
 

@@ -17,8 +17,9 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
 - deliveries, the monitor, audit batches and notifications run beside the clock:
   nothing waits on a target, and continue-as-new carries what is unsent;
 - no workflow task that carries an event from outside (an activity's end, a timer,
-  a signal) completes without a command: each such event, where its coroutine resumes,
-  records one memo upsert (`_handled`). SDK core 1.35 folds a task that completed with
+  a signal) completes without a command: the first such event of a task, where its
+  coroutine resumes, records one memo upsert (`_handled`; one per event before the
+  `one-memo-per-task` patch). SDK core 1.35 folds a task that completed with
   no command into the next one on replay (its v1 "heartbeat" chunking) but not always
   live, so an Update that followed such a task was replayed in another activation, at
   another time, than it ran (sdk-rust #1146: the chaos test's stuck rollouts).
@@ -90,6 +91,7 @@ PATCH = "state-machine-v2"
 PATCH_HANDLED = "no-empty-tasks"  # runs started before it keep their old command sequence
 PATCH_QUEUES = "own-queues"  # audit, notifications and monitors on queues of their own (workflows/queues.py)
 PATCH_NOTIFY_BATCHES = "notify-batches"  # the notifications of one step in one activity
+PATCH_ONE_MEMO = "one-memo-per-task"  # the no-empty-tasks memo once per workflow task, not per event
 MAX_SIGNAL_BYTES = 64 * 1024
 AUDIT_BATCH_ROWS = 1000
 AUDIT_BATCH_BYTES = 480 * 1024  # under the SDK's 512 KB payload warning
@@ -123,6 +125,8 @@ class StagedRollout:
         self._notify_queue = queues.notify(tq) if own else None
         self._monitors_queue = queues.monitors(tq) if own else None
         self._notify_batches = workflow.patched(PATCH_NOTIFY_BATCHES)
+        self._one_memo = workflow.patched(PATCH_ONE_MEMO)
+        self._memo_task: tuple[Any, int] | None = None  # the workflow task that wrote the memo last
         self._handled_count = 0
         self.s: State | None = inp.machine.model_copy(update={"runs": inp.machine.runs + 1}) if inp.machine else None
         self._inbox: list[tuple[Event, dict[str, Any] | None]] = []  # messages, with an update's reply slot
@@ -264,10 +268,19 @@ class StagedRollout:
         self._wake = True
 
     def _handled(self) -> None:
-        """An event from outside was just handled: one command for it (see the module doc)."""
-        if self._mark:
-            self._handled_count += 1
-            workflow.upsert_memo({"events_handled": self._handled_count})
+        """An event from outside was just handled: its workflow task gets a command (see the
+        module doc). Since `one-memo-per-task`, one memo write per task, whatever the number
+        of events it brings (a task holding a flood of signals wrote one per signal, doubling
+        the history); runs started before write one per event."""
+        if not self._mark:
+            return
+        self._handled_count += 1
+        if self._one_memo:
+            task = (workflow.now(), workflow.info().get_current_history_length())  # constant within a task
+            if task == self._memo_task:
+                return
+            self._memo_task = task
+        workflow.upsert_memo({"events_handled": self._handled_count})
 
     # ------------------------------------------------------------------ timers
 
