@@ -91,7 +91,7 @@ LEVEL = {"reject": 0, "target": 1, "hold": 1, "narrow": 2, "rollback": 3}  # con
 MAX_PLAN_CHARS = 256_000
 RETRY_UNDELIVERABLE = timedelta(seconds=60)
 DEFAULT_GIVE_UP = timedelta(minutes=5)
-MAX_FLUSH = 4 * 3600.0  # the monitor reports at least this often
+MAX_FLUSH = 6 * 3600.0  # a passing monitor reports at least this often (each report: ~12 history events)
 
 
 def _secs(d: str) -> float:
