@@ -20,7 +20,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults_without_flags_or_variables() -> None:
-    assert WorkerSettings.from_env() == WorkerSettings(delivery_slots=100, audit_slots=200, notify_slots=200,
+    assert WorkerSettings.from_env() == WorkerSettings(delivery_slots=100, audit_slots=20, notify_slots=20,
                                                        monitor_slots=2000, max_cached_workflows=1000)
 
 
@@ -30,7 +30,7 @@ def test_variables_set_what_flags_leave_alone_and_flags_win(monkeypatch: pytest.
     monkeypatch.setenv("ROLLOUT_MONITOR_SLOTS", "50")
     s = WorkerSettings.from_env({"monitor_slots": 70, "audit_slots": None})
     assert (s.audit_slots, s.notify_slots, s.delivery_slots, s.monitor_slots, s.max_cached_workflows) == (
-        200, 200, 300, 70, 0)
+        20, 20, 300, 70, 0)
 
 
 @pytest.mark.parametrize(("env", "value", "said"), [

@@ -43,8 +43,8 @@ def activities_for(store: AuditStore) -> Sequence[Callable[..., Any]]:
 class WorkerSettings:
     """The worker options that matter under load (README, "Running many workers")."""
 
-    audit_slots: int = 200  # audit batches (`<queue>-audit`)
-    notify_slots: int = 200  # notifications (`<queue>-notify`)
+    audit_slots: int = 20  # audit batches (`<queue>-audit`)
+    notify_slots: int = 20  # notifications (`<queue>-notify`)
     delivery_slots: int = 100  # target deliveries, and every activity of runs before `own-queues` (`<queue>`)
     monitor_slots: int = 2000  # threshold monitors (`<queue>-monitors`), one per monitored soaking rollout
     max_cached_workflows: int = 1000  # open rollouts kept in memory (the SDK's default)

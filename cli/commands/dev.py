@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     )
     for flag, env, what, default in (
         ("--delivery-slots", "ROLLOUT_DELIVERY_SLOTS", "target deliveries run at once, on <queue>", 100),
-        ("--audit-slots", "ROLLOUT_AUDIT_SLOTS", "audit batches written at once, on <queue>-audit", 200),
-        ("--notify-slots", "ROLLOUT_NOTIFY_SLOTS", "notification batches sent at once, on <queue>-notify", 200),
+        ("--audit-slots", "ROLLOUT_AUDIT_SLOTS", "audit batches written at once, on <queue>-audit", 20),
+        ("--notify-slots", "ROLLOUT_NOTIFY_SLOTS", "notification batches sent at once, on <queue>-notify", 20),
         ("--monitor-slots", "ROLLOUT_MONITOR_SLOTS", "threshold monitors run at once, on <queue>-monitors", 2000),
         ("--max-cached-workflows", "ROLLOUT_MAX_CACHED_WORKFLOWS", "open rollouts kept in memory", 1000),
     ):
