@@ -105,6 +105,12 @@ TASK_WITHOUT_START = "workflow task without a start of its own (after a worker d
 ACTIONS = ("approve", "reject", "hold", "resume", "rollback", "acknowledge", "amend", "abort")
 
 
+def _task() -> tuple[Any, int]:
+    """What names the workflow task running now: its time and the history length at its
+    start, both the same for every activation of one task, live or replayed."""
+    return workflow.now(), workflow.info().get_current_history_length()
+
+
 def _size(ev: AuditEvent) -> int:
     return len(ev.model_dump_json())
 
@@ -216,7 +222,7 @@ class StagedRollout:
         """Activations of one workflow task share its time; a new task brings a new time. A
         live step at the previous step's time with a longer history runs in a task without a
         start of its own (see the module doc): fail that task before it issues anything."""
-        now, length = workflow.now(), workflow.info().get_current_history_length()
+        now, length = _task()
         if not workflow.unsafe.is_replaying() and now == self._stepped_at and length > self._stepped_len:
             raise RuntimeError(TASK_WITHOUT_START)  # a workflow task failure: retried from history
         self._stepped_at, self._stepped_len = now, length
@@ -276,7 +282,7 @@ class StagedRollout:
             return
         self._handled_count += 1
         if self._one_memo:
-            task = (workflow.now(), workflow.info().get_current_history_length())  # constant within a task
+            task = _task()
             if task == self._memo_task:
                 return
             self._memo_task = task
