@@ -88,3 +88,12 @@ async def test_a_flood_of_refused_signals_is_recorded_whole_across_runs_within_p
         if last.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
             carried = sum(len(p.data) for p in last.workflow_execution_continued_as_new_event_attributes.input.payloads)
             assert carried < CARRY_BYTES + 256 * 1024, carried  # the rows carried, the state and a margin
+
+
+def test_a_batch_takes_leading_items_up_to_its_count_and_bytes_and_always_the_first() -> None:
+    from workflows.staged_rollout import _batch_len
+
+    assert _batch_len([10, 10, 10], most=2, most_bytes=100) == 2
+    assert _batch_len([60, 30, 20], most=10, most_bytes=100) == 2  # the third would pass 100 bytes
+    assert _batch_len([500, 1], most=10, most_bytes=100) == 1  # an oversized first item still goes alone
+    assert _batch_len([], most=10, most_bytes=100) == 0

@@ -47,6 +47,7 @@ Shell discipline (each point keeps replay deterministic, see docs/workflow.md):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -111,8 +112,20 @@ def _task() -> tuple[Any, int]:
     return workflow.now(), workflow.info().get_current_history_length()
 
 
-def _size(ev: AuditEvent) -> int:
-    return len(ev.model_dump_json())
+def _size(m: AuditEvent | Notification) -> int:
+    return len(m.model_dump_json())
+
+
+def _batch_len(sizes: Iterable[int], most: int, most_bytes: int) -> int:
+    """How many leading items make one batch: at most `most` of them and `most_bytes` in
+    all, and always the first (audit batches and notification batches alike)."""
+    n = total = 0
+    for size in sizes:
+        total += size
+        if n and (n >= most or total > most_bytes):
+            break
+        n += 1
+    return n
 
 
 @workflow.defn(name="StagedRollout")
@@ -391,13 +404,7 @@ class StagedRollout:
     def _start_audit(self) -> None:
         if self._audit_busy or not self._outbox:
             return
-        batch: list[AuditEvent] = []
-        size = 0
-        for ev in self._outbox:
-            size += _size(ev)
-            if batch and (len(batch) >= AUDIT_BATCH_ROWS or size > AUDIT_BATCH_BYTES):
-                break
-            batch.append(ev)
+        batch = self._outbox[:_batch_len(map(_size, self._outbox), AUDIT_BATCH_ROWS, AUDIT_BATCH_BYTES)]
         self._audit_busy = True
         asyncio.get_running_loop().create_task(self._write_audit(batch))
 
@@ -427,13 +434,8 @@ class StagedRollout:
                 asyncio.get_running_loop().create_task(self._send(key, self._unsent[key]))
             return
         while waiting:
-            keys: list[int] = []
-            size = 0
-            for key in waiting:
-                size += len(self._unsent[key].model_dump_json())
-                if keys and (len(keys) >= NOTIFY_BATCH_COUNT or size > NOTIFY_BATCH_BYTES):
-                    break
-                keys.append(key)
+            keys = waiting[:_batch_len((_size(self._unsent[k]) for k in waiting), NOTIFY_BATCH_COUNT,
+                                       NOTIFY_BATCH_BYTES)]
             waiting = waiting[len(keys):]
             self._sending.update(keys)
             asyncio.get_running_loop().create_task(self._send_batch(keys))
